@@ -1,0 +1,282 @@
+//! One function per subcommand. Each returns the exit code; errors are rendered here.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::diagnostics::eprint;
+use super::project::{Loaded, Project};
+use super::report;
+use super::{Cli, Command, Format, RunArgs, StateAction, exit};
+use crate::plan::GraphFormat;
+use crate::run::{self, Events, RunOptions};
+use crate::state::{RunRecord, StateStore};
+
+pub fn dispatch(cli: Cli) -> u8 {
+    // Absolute, so that paths handed to steps ($PIPE_OUTPUT) work from any workdir.
+    let root = match std::fs::canonicalize(&cli.dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot use {} as the working directory: {e}", cli.dir.display());
+            return exit::INVALID;
+        }
+    };
+    let root = root.as_path();
+    let file = cli.file.as_deref();
+    match cli.command {
+        Command::Run(args) => run(root, file, args),
+        Command::Check { names } => check(root, file, &names),
+        Command::List { format } => list(root, file, format),
+        Command::Graph { name, format } => graph(root, file, name.as_deref(), format),
+        Command::Runs { limit, format } => runs(root, limit, format),
+        Command::Logs { run, step } => logs(root, &run, step.as_deref()),
+        Command::State { pipeline, action } => state(root, &pipeline, action),
+    }
+}
+
+/// The pipeline to work on, with its plan; on any problem, reports it and gives the exit code.
+fn select<'p>(project: &'p Project, name: Option<&str>) -> Result<&'p Loaded, u8> {
+    // Without a name, a broken file might hold the pipeline meant: refuse to guess.
+    if name.is_none() && !project.errors.is_empty() {
+        project.errors.iter().for_each(|e| eprint(e.as_ref()));
+        return Err(exit::INVALID);
+    }
+    let loaded = project.select(name).map_err(|e| {
+        project.errors.iter().for_each(|e| eprint(e.as_ref()));
+        eprint(&e);
+        exit::INVALID
+    })?;
+    if let Err(errs) = &loaded.plan {
+        errs.iter().for_each(|e| eprint(e));
+        return Err(exit::INVALID);
+    }
+    if !project.errors.is_empty() {
+        eprintln!("warning: {} problem(s) in other pipeline files; `pipe check` shows them", project.errors.len());
+    }
+    Ok(loaded)
+}
+
+fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
+    let project = Project::load(root, file);
+    let loaded = match select(&project, args.name.as_deref()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Ok(mut plan) = loaded.plan.as_ref().cloned() else { return exit::INVALID };
+    if !args.stages.is_empty() {
+        plan = match plan.select_stages(&args.stages) {
+            Ok(p) => p,
+            Err(e) => {
+                eprint(&e);
+                return exit::INVALID;
+            }
+        };
+    }
+    let rerun = match args.rerun_failed.as_deref().map(|id| RunRecord::find(root, id)) {
+        None => None,
+        Some(Ok(rec)) if rec.pipeline == plan.pipeline => Some(rec),
+        Some(Ok(rec)) => {
+            eprintln!("error: run {} is of pipeline `{}`, not `{}`", rec.id, rec.pipeline, plan.pipeline);
+            return exit::INVALID;
+        }
+        Some(Err(e)) => {
+            eprint(&e);
+            return exit::INVALID;
+        }
+    };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let opts = RunOptions { root: root.to_path_buf(), file: loaded.file.clone(), jobs, wait: args.wait, rerun };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    let (events, rx) = Events::channel();
+    let reporter = report::spawn(args.format, &plan, rx);
+    let result = runtime.block_on(run::run(&plan, opts, events));
+    let _ = reporter.join();
+    match result {
+        Ok(record) => record.status.exit_code() as u8,
+        Err(e) => {
+            eprint(&e);
+            exit::FAILED
+        }
+    }
+}
+
+fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
+    let project = Project::load(root, file);
+    let mut bad = project.errors.len();
+    project.errors.iter().for_each(|e| eprint(e.as_ref()));
+    for name in names.iter().filter(|n| project.find(n).is_none()) {
+        eprintln!("error: no pipeline named `{name}`");
+        bad += 1;
+    }
+    let mut good = 0;
+    for p in project.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.pipeline.name)) {
+        match &p.plan {
+            Ok(plan) => {
+                good += 1;
+                println!("✓ {} ({}): {} stages, {} steps", plan.pipeline, p.file, plan.stages.len(), plan.len());
+            }
+            Err(errs) => {
+                bad += 1;
+                errs.iter().for_each(|e| eprint(e));
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("{good} pipeline(s) valid, {bad} problem(s)");
+        exit::INVALID
+    } else {
+        exit::OK
+    }
+}
+
+fn list(root: &Path, file: Option<&Path>, format: Format) -> u8 {
+    let project = Project::load(root, file);
+    let mut out = std::io::stdout().lock();
+    for p in &project.pipelines {
+        let Ok(plan) = &p.plan else {
+            let _ = writeln!(out, "{} ({}) — invalid, see `pipe check`", p.pipeline.name, p.file);
+            continue;
+        };
+        if format == Format::Json {
+            let stages: Vec<_> = plan
+                .stages
+                .iter()
+                .map(|s| {
+                    let steps: Vec<&str> =
+                        plan.graph.node_weights().filter(|w| w.stage == s.name).map(|w| w.id.as_str()).collect();
+                    serde_json::json!({ "name": s.name, "needs": s.needs, "steps": steps })
+                })
+                .collect();
+            let _ =
+                writeln!(out, "{}", serde_json::json!({ "pipeline": plan.pipeline, "file": p.file, "stages": stages }));
+            continue;
+        }
+        let _ = writeln!(out, "{} ({}, {} steps)", plan.pipeline, p.file, plan.len());
+        for s in &plan.stages {
+            let count = plan.graph.node_weights().filter(|w| w.stage == s.name).count();
+            let needs = if s.needs.is_empty() { String::new() } else { format!(" ← {}", s.needs.join(", ")) };
+            let _ = writeln!(out, "  {}{needs} ({count} steps)", s.name);
+        }
+    }
+    if project.errors.is_empty() { exit::OK } else { exit::INVALID }
+}
+
+fn graph(root: &Path, file: Option<&Path>, name: Option<&str>, format: GraphFormat) -> u8 {
+    let project = Project::load(root, file);
+    match select(&project, name) {
+        Ok(Loaded { plan: Ok(plan), .. }) => {
+            print!("{}", plan.render(format));
+            exit::OK
+        }
+        Ok(_) => exit::INVALID,
+        Err(code) => code,
+    }
+}
+
+fn runs(root: &Path, limit: usize, format: Format) -> u8 {
+    let all = RunRecord::list(root);
+    let shown = &all[all.len().saturating_sub(limit)..];
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        for r in shown {
+            let r = r.clone().settle();
+            let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
+        }
+        return exit::OK;
+    }
+    if shown.is_empty() {
+        let _ = writeln!(out, "no runs recorded yet");
+        return exit::OK;
+    }
+    let _ =
+        writeln!(out, "{:<26} {:<20} {:<12} {:>9}  {:<24} COMMIT", "RUN", "PIPELINE", "STATUS", "DURATION", "STARTED");
+    for r in shown {
+        let r = r.clone().settle();
+        let sha: String = r.git_sha.chars().take(8).collect();
+        let branch = if r.git_branch.is_empty() { String::new() } else { format!(" ({})", r.git_branch) };
+        let _ = writeln!(
+            out,
+            "{:<26} {:<20} {:<12} {:>9}  {:<24} {sha}{branch}",
+            r.id,
+            r.pipeline,
+            r.status.as_str(),
+            report::duration(r.duration_ms),
+            r.started_at
+        );
+    }
+    exit::OK
+}
+
+fn logs(root: &Path, run: &str, step: Option<&str>) -> u8 {
+    let record = match RunRecord::find(root, run) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint(&e);
+            return exit::INVALID;
+        }
+    };
+    let dir = crate::state::record::run_dir(root, &record.id);
+    let chosen: Vec<&crate::state::StepRecord> = match step {
+        None => record.steps.iter().collect(),
+        Some(s) => {
+            let exact: Vec<_> = record.steps.iter().filter(|r| r.id == s).collect();
+            if exact.is_empty() {
+                record.steps.iter().filter(|r| r.id.ends_with(&format!(".{s}"))).collect()
+            } else {
+                exact
+            }
+        }
+    };
+    if let (Some(s), true) = (step, chosen.len() != 1) {
+        let ids: Vec<&str> = record.steps.iter().map(|r| r.id.as_str()).collect();
+        eprintln!("error: `{s}` names {} steps of run {}; steps: {}", chosen.len(), record.id, ids.join(", "));
+        return exit::INVALID;
+    }
+    let mut out = std::io::stdout().lock();
+    for rec in chosen {
+        let path = crate::state::record::log_path(&dir, &rec.id);
+        let text = std::fs::read_to_string(&path)
+            .or_else(|_| std::fs::read_to_string(path.with_extension("log.partial")))
+            .unwrap_or_default();
+        if step.is_none() {
+            if text.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "── {} ({}) ──", rec.id, rec.status.as_str());
+        }
+        let _ = write!(out, "{text}");
+    }
+    exit::OK
+}
+
+fn state(root: &Path, pipeline: &str, action: Option<StateAction>) -> u8 {
+    let store = StateStore::open(root, pipeline);
+    let result = match action {
+        None => store.all().map(|m| m.iter().for_each(|(k, v)| println!("{k}={v}"))),
+        Some(StateAction::Get { key }) => match store.get(&key) {
+            Ok(Some(v)) => {
+                println!("{v}");
+                Ok(())
+            }
+            Ok(None) => {
+                eprintln!("error: `{pipeline}` has no state `{key}`");
+                return exit::FAILED;
+            }
+            Err(e) => Err(e),
+        },
+        Some(StateAction::Set { key, value }) => store.set(&key, &value),
+        Some(StateAction::Rm { key }) => store.remove(&key),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprint(&e);
+            exit::FAILED
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The `pipe` command line: clap definitions, and the one place where errors
+//! become rendered reports and exit codes.
+
+mod commands;
+mod diagnostics;
+mod project;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::plan::GraphFormat;
+pub use diagnostics::render;
+
+/// Exit codes, in one place.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The run failed (a step failed), or a runtime error stopped it.
+    pub const FAILED: u8 = 1;
+    /// Invalid pipeline or usage: nothing was started.
+    pub const INVALID: u8 = 2;
+    /// Interrupted by Ctrl-C or SIGTERM.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipe",
+    version,
+    about = "Pipelines as code: KDL files compiled into a DAG of steps and run",
+    long_about = "Pipelines as code: KDL files compiled into a DAG of steps and run.\n\n\
+        pipe finds pipe.kdl, pipelines/*.kdl and **/pipe.kdl below the current directory \
+        (skipping what .gitignore ignores), checks them, and runs the one you name.",
+    after_help = "Examples:\n  pipe run                 run the only pipeline here\n  \
+        pipe run orders -j 4     run `orders`, four steps at a time\n  \
+        pipe run --stage test    run `test` and the stages it needs\n  \
+        pipe check               validate every pipeline\n  \
+        pipe graph orders --format mermaid\n  \
+        pipe logs last test.unit"
+)]
+pub struct Cli {
+    /// Run as if started in DIR.
+    #[arg(short = 'C', long, global = true, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Use this pipeline file instead of discovering them.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline.
+    Run(RunArgs),
+    /// Validate pipelines without running anything.
+    Check {
+        /// Pipelines to check (default: all).
+        names: Vec<String>,
+    },
+    /// List pipelines and their stages.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Print a pipeline's step graph.
+    Graph {
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+    },
+    /// List recorded runs, newest last.
+    Runs {
+        /// Show at most this many runs.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Print the logs of a run (`last` for the newest), or of one of its steps.
+    Logs {
+        run: String,
+        /// A step id (`stage.step`), or any unique end of one.
+        step: Option<String>,
+    },
+    /// Read or change a pipeline's persistent state.
+    State {
+        pipeline: String,
+        #[command(subcommand)]
+        action: Option<StateAction>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline to run (needed when there are several).
+    pub name: Option<String>,
+
+    /// Run only this stage and what it needs (repeatable).
+    #[arg(long = "stage", value_name = "STAGE")]
+    pub stages: Vec<String>,
+
+    /// How many steps run at once (default: the number of cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Rerun only what failed or was skipped in RUN (`last` for the newest).
+    #[arg(long, value_name = "RUN")]
+    pub rerun_failed: Option<String>,
+
+    /// Wait for a running run of the same pipeline instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Print one value.
+    Get { key: String },
+    /// Set a value.
+    Set { key: String, value: String },
+    /// Remove a value.
+    Rm { key: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// Runs the command; returns the process exit code.
+pub fn main(cli: Cli) -> u8 {
+    commands::dispatch(cli)
+}

@@ -1,0 +1,187 @@
+//! Output for people: each log line prefixed with its step, coloured per step;
+//! on a terminal, a progress line below; a summary table at the end.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anstream::AutoStream;
+use anstyle::{AnsiColor, Style};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::duration;
+use crate::run::{Event, Stream};
+use crate::state::{RunRecord, RunStatus, Status, StepRecord};
+
+/// Above this many steps the summary lists only what did not succeed.
+const FULL_SUMMARY_MAX: usize = 40;
+
+const PALETTE: [AnsiColor; 6] =
+    [AnsiColor::Cyan, AnsiColor::Magenta, AnsiColor::Blue, AnsiColor::Yellow, AnsiColor::Green, AnsiColor::BrightCyan];
+
+pub struct Human {
+    out: AutoStream<std::io::Stdout>,
+    width: usize,
+    bar: Option<ProgressBar>,
+    running: BTreeSet<String>,
+}
+
+const DIM: Style = Style::new().dimmed();
+const BOLD: Style = Style::new().bold();
+const RED: Style = AnsiColor::Red.on_default().bold();
+const GREEN: Style = AnsiColor::Green.on_default();
+const YELLOW: Style = AnsiColor::Yellow.on_default();
+
+impl Human {
+    pub fn new(width: usize) -> Human {
+        let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let bar = interactive.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{spinner:.cyan} [{pos}/{len}] {elapsed} {wide_msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Human { out: AutoStream::auto(std::io::stdout()), width, bar, running: BTreeSet::new() }
+    }
+
+    pub fn event(&mut self, e: Event) {
+        match e {
+            Event::RunStarted { run_id, pipeline, steps, jobs } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(steps.len() as u64);
+                }
+                let line = format!(
+                    "{BOLD}▶ {pipeline}{BOLD:#} {DIM}run {run_id} · {} steps · {jobs} at a time{DIM:#}",
+                    steps.len()
+                );
+                self.print(&line);
+            }
+            Event::StepStarted { step, .. } => {
+                self.running.insert(step);
+                self.refresh();
+            }
+            Event::StepLog { step, stream, line } => {
+                let style = if stream == Stream::Pipe { DIM } else { Style::new() };
+                let prefix = self.prefix(&step);
+                self.print(&format!("{prefix} {DIM}│{DIM:#} {style}{line}{style:#}"));
+            }
+            Event::StepRetrying { step, attempt, delay_ms, reason } => {
+                let line = format!(
+                    "{YELLOW}↻ {step}: attempt {attempt} failed ({reason}), retrying in {}{YELLOW:#}",
+                    duration(delay_ms)
+                );
+                self.print(&line);
+            }
+            Event::StepFinished(rec) => {
+                self.running.remove(&rec.id);
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+                self.refresh();
+                let line = finished_line(&rec);
+                self.print(&line);
+            }
+            Event::RunFinished(run) => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                self.summary(&run);
+            }
+        }
+    }
+
+    fn prefix(&self, step: &str) -> String {
+        let color =
+            PALETTE[step.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % PALETTE.len()];
+        let style = color.on_default();
+        format!("{style}{step:>width$}{style:#}", width = self.width)
+    }
+
+    fn refresh(&self) {
+        if let Some(bar) = &self.bar {
+            let names: Vec<&str> = self.running.iter().map(String::as_str).collect();
+            bar.set_message(names.join(", "));
+        }
+    }
+
+    fn print(&mut self, line: &str) {
+        let out = &mut self.out;
+        match &self.bar {
+            Some(bar) => bar.suspend(|| {
+                let _ = writeln!(out, "{line}");
+            }),
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+
+    fn summary(&mut self, run: &RunRecord) {
+        let mut lines = vec![String::new()];
+        let shown: Vec<&StepRecord> = if run.steps.len() <= FULL_SUMMARY_MAX {
+            run.steps.iter().collect()
+        } else {
+            run.steps.iter().filter(|s| s.status != Status::Succeeded).collect()
+        };
+        if !shown.is_empty() {
+            let w = shown.iter().map(|s| s.id.len()).max().unwrap_or(4).max(4);
+            lines.push(format!("{BOLD}{:<w$}  {:<10} {:>9}  ATTEMPTS{BOLD:#}", "STEP", "STATUS", "DURATION"));
+            for s in &shown {
+                let (style, label) = status_style(s);
+                let attempts = if s.attempts > 1 { s.attempts.to_string() } else { String::new() };
+                let took = if s.attempts > 0 { duration(s.duration_ms) } else { "-".into() };
+                lines.push(format!("{:<w$}  {style}{label:<10}{style:#} {took:>9}  {attempts}", s.id));
+            }
+        }
+        for s in run.steps.iter().filter(|s| s.is_failure() && !s.tail.is_empty()) {
+            lines.push(String::new());
+            let reason = s.reason.as_deref().unwrap_or("failed");
+            lines.push(format!("{RED}✗ {}{RED:#}: {reason}; last lines of its log:", s.id));
+            lines.extend(s.tail.iter().map(|l| format!("  {DIM}│{DIM:#} {l}")));
+        }
+        let count = |st: Status| run.steps.iter().filter(|s| s.status == st).count();
+        let (style, word) = match run.status {
+            RunStatus::Succeeded => (GREEN.bold(), "succeeded"),
+            RunStatus::Interrupted => (YELLOW.bold(), "interrupted"),
+            _ => (RED, "failed"),
+        };
+        lines.push(String::new());
+        lines.push(format!(
+            "{style}{} {word}{style:#} in {} · {} succeeded, {} failed, {} skipped, {} cancelled · logs: pipe logs {}",
+            run.pipeline,
+            duration(run.duration_ms),
+            count(Status::Succeeded),
+            count(Status::Failed),
+            count(Status::Skipped),
+            count(Status::Cancelled),
+            run.id
+        ));
+        for line in lines {
+            self.print(&line);
+        }
+    }
+}
+
+fn status_style(s: &StepRecord) -> (Style, &'static str) {
+    match s.status {
+        Status::Succeeded => (GREEN, "ok"),
+        Status::Failed if s.allowed_failure => (YELLOW, "failed*"),
+        Status::Failed => (RED, "failed"),
+        Status::Skipped => (DIM, "skipped"),
+        Status::Cancelled => (YELLOW, "cancelled"),
+        Status::Pending | Status::Running => (DIM, s.status.as_str()),
+    }
+}
+
+fn finished_line(rec: &StepRecord) -> String {
+    let reason = rec.reason.as_deref().unwrap_or("");
+    match rec.status {
+        Status::Succeeded => format!("{GREEN}✓{GREEN:#} {} {DIM}{}{DIM:#}", rec.id, duration(rec.duration_ms)),
+        Status::Failed if rec.allowed_failure => format!("{YELLOW}✗ {} failed (allowed): {reason}{YELLOW:#}", rec.id),
+        Status::Failed => format!("{RED}✗ {} failed: {reason}{RED:#}", rec.id),
+        Status::Cancelled => format!("{YELLOW}⊘ {} cancelled{YELLOW:#}", rec.id),
+        _ => format!("{DIM}↷ {} skipped: {reason}{DIM:#}", rec.id),
+    }
+}

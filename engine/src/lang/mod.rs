@@ -1,0 +1,31 @@
+//! The language: KDL text -> typed [`model::Pipeline`], every item keeping its span.
+//! Knows nothing about graphs, processes or tokio.
+
+mod blocks;
+pub mod discover;
+pub mod error;
+pub mod interp;
+pub mod model;
+mod parser;
+pub mod reader;
+pub mod source;
+mod template;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::{Errors, LangError};
+pub use model::Pipeline;
+pub use source::{Loc, Source};
+
+/// Reads and parses one pipeline file. `name` is how diagnostics call it.
+pub fn load_file(path: &Path, name: &str) -> Result<Vec<Pipeline>, Errors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| Errors(vec![LangError::Io { path: path.display().to_string(), source }]))?;
+    parse(&Source::new(name, path, text))
+}
+
+/// Parses text that is already in memory (tests, the fuzzer, `pipe check -`).
+pub fn parse(src: &Arc<Source>) -> Result<Vec<Pipeline>, Errors> {
+    parser::parse_source(src)
+}

@@ -1,0 +1,169 @@
+//! The typed pipeline model: what the user wrote, checked for shape, with spans.
+//! It knows nothing of graphs or processes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use globset::GlobMatcher;
+
+use super::interp::Template;
+use super::reader::Spanned;
+use super::source::Loc;
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pub name: String,
+    pub loc: Loc,
+    /// Directory of the pipeline file: steps run here unless `workdir` says otherwise.
+    pub dir: PathBuf,
+    pub env: Env,
+    pub secrets: Secrets,
+    pub stages: Vec<Stage>,
+    pub hooks: Hooks,
+}
+
+/// Ordered `NAME value` pairs; later ones may refer to earlier ones.
+#[derive(Clone, Debug, Default)]
+pub struct Env(pub Vec<EnvVar>);
+
+#[derive(Clone, Debug)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: Template,
+}
+
+/// Where secret values come from. Values never live in the model.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    /// Names read from the process environment.
+    pub from_env: Vec<Spanned<String>>,
+    /// dotenv-style files (relative to the pipeline file), which git must not track.
+    pub files: Vec<Spanned<PathBuf>>,
+}
+
+impl Secrets {
+    pub fn declares(&self, name: &str) -> bool {
+        self.from_env.iter().any(|s| s.value == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Stage {
+    pub name: String,
+    pub loc: Loc,
+    pub needs: Vec<Spanned<String>>,
+    pub env: Env,
+    pub when: Vec<Condition>,
+    pub matrix: Option<Matrix>,
+    pub steps: Vec<Step>,
+    pub hooks: Hooks,
+}
+
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    pub axes: Vec<Axis>,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Debug)]
+pub struct Axis {
+    pub name: String,
+    pub values: Vec<String>,
+    pub loc: Loc,
+}
+
+/// `on-success`, `on-failure` and `always` blocks, of a stage or of the pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    pub on_success: Vec<Step>,
+    pub on_failure: Vec<Step>,
+    pub always: Vec<Step>,
+}
+
+impl Hooks {
+    pub fn iter(&self) -> impl Iterator<Item = (Trigger, &Vec<Step>)> {
+        [
+            (Trigger::OnSuccess, &self.on_success),
+            (Trigger::OnFailure, &self.on_failure),
+            (Trigger::Always, &self.always),
+        ]
+        .into_iter()
+    }
+}
+
+/// When a hook block fires, judged on the outcome of what it watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    OnSuccess,
+    OnFailure,
+    Always,
+}
+
+impl Trigger {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Trigger::OnSuccess => "on-success",
+            Trigger::OnFailure => "on-failure",
+            Trigger::Always => "always",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    pub loc: Loc,
+    pub action: Action,
+    pub needs: Vec<Spanned<String>>,
+    pub when: Vec<Condition>,
+    pub retry: Retry,
+    pub timeout: Option<Spanned<Duration>>,
+    pub continue_on_error: bool,
+    pub env: Env,
+    pub workdir: Option<Template>,
+}
+
+/// What a step does. The scheduler dispatches on this once; later kinds
+/// (container, plugin, deploy) are new variants, not new scheduling code.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Run(RunCommand),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunCommand {
+    pub script: Template,
+    /// Overrides `sh -c`: the program and its leading arguments; the script comes last.
+    pub shell: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub count: u32,
+    /// Wait before the first retry; doubled before each later one.
+    pub backoff: Duration,
+}
+
+/// One `when` node; every field set on it must hold.
+#[derive(Clone, Debug)]
+pub struct Condition {
+    pub loc: Loc,
+    pub test: Test,
+}
+
+#[derive(Clone, Debug)]
+pub enum Test {
+    Branch { pattern: String, matcher: GlobMatcher },
+    Env { name: String, equals: Option<String> },
+    Outcome { step: Spanned<String>, outcome: Outcome },
+    Output { step: Spanned<String>, key: String, equals: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Skipped,
+}

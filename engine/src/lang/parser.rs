@@ -1,0 +1,378 @@
+//! KDL document -> [`Pipeline`] model. One pass over the nodes, every mistake
+//! collected into [`Errors`], never a panic on anything the user writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kdl::KdlDocument;
+
+use super::error::{Errors, LangError, did_you_mean, expected_one_of};
+use super::interp::{RefKind, Template};
+use super::model::{Action, Env, Hooks, Pipeline, Retry, RunCommand, Secrets, Stage, Step, Trigger};
+use super::reader::{Node, Spanned};
+use super::source::{Loc, Source};
+use super::template;
+
+const PIPELINE_NODES: &[&str] = &["env", "secrets", "stage", "include", "on-success", "on-failure", "always"];
+const STAGE_NODES: &[&str] = &["needs", "env", "when", "matrix", "step", "on-success", "on-failure", "always"];
+const STEP_NODES: &[&str] = &["run", "needs", "when", "retry", "timeout", "continue-on-error", "env", "workdir"];
+const RESERVED_STAGE_NAMES: &[&str] = &["on-success", "on-failure", "always"];
+
+/// Parses one file's text into the pipelines it defines. A template file defines none.
+pub fn parse_source(src: &Arc<Source>) -> Result<Vec<Pipeline>, Errors> {
+    let mut parser = Parser { errs: Errors::default(), depth: 0 };
+    let doc = match KdlDocument::parse(&src.text) {
+        Ok(doc) => doc,
+        Err(e) => return Err(syntax_errors(src, e)),
+    };
+    let mut pipelines = Vec::new();
+    let mut names: HashMap<String, Loc> = HashMap::new();
+    for node in doc.nodes().iter().map(|n| Node::new(n, src)) {
+        match node.name() {
+            "pipeline" => {
+                if let Some(p) = parser.pipeline(node) {
+                    if let Some(first) = names.get(&p.name) {
+                        parser.errs.push(duplicate("pipeline", &p.name, &p.loc, Some(first)));
+                    }
+                    names.insert(p.name.clone(), p.loc.clone());
+                    pipelines.push(p);
+                }
+            }
+            "template" => {}
+            other => parser.unknown(node, "a pipeline file", &["pipeline", "template"], other),
+        }
+    }
+    if parser.errs.is_empty() { Ok(pipelines) } else { Err(parser.errs) }
+}
+
+pub(super) fn syntax_errors(src: &Arc<Source>, e: kdl::KdlError) -> Errors {
+    let mut errs = Errors::default();
+    for d in e.diagnostics {
+        errs.push(LangError::Syntax {
+            message: d.message.unwrap_or_else(|| "invalid KDL".to_string()),
+            src: src.named(),
+            span: d.span,
+            label: d.label.unwrap_or_else(|| "here".to_string()),
+            help: d.help,
+        });
+    }
+    if errs.is_empty() {
+        errs.syntax(&Loc::new(src, (0, 0).into()), "invalid KDL document", "here");
+    }
+    errs
+}
+
+pub(super) fn duplicate(kind: &'static str, name: &str, at: &Loc, first: Option<&Loc>) -> LangError {
+    LangError::Duplicate {
+        kind,
+        name: name.to_string(),
+        src: at.src.named(),
+        span: at.span,
+        // A first definition in another file (a template) cannot share this caret.
+        first: first.filter(|f| Arc::ptr_eq(&f.src, &at.src)).map(|f| f.span),
+    }
+}
+
+pub(super) struct Parser {
+    pub(super) errs: Errors,
+    /// Include nesting, bounded so that a template including itself stops.
+    pub(super) depth: usize,
+}
+
+/// What the body of a pipeline (or of an included template) contributes.
+#[derive(Default)]
+pub(super) struct Body {
+    pub env: Env,
+    pub secrets: Secrets,
+    pub stages: Vec<Stage>,
+    pub hooks: Hooks,
+}
+
+impl Parser {
+    fn pipeline(&mut self, node: Node) -> Option<Pipeline> {
+        node.check_props(&[], &mut self.errs);
+        node.check_arg_count(1, &mut self.errs);
+        let name = node.arg_string("a name", &mut self.errs)?;
+        let mut body = Body::default();
+        self.body(node, &mut body);
+        if body.stages.is_empty() {
+            self.errs.push(LangError::EmptyPipeline {
+                name: name.value.clone(),
+                src: node.src.named(),
+                span: node.kdl.span(),
+            });
+        }
+        let mut seen: HashMap<&str, &Loc> = HashMap::new();
+        for stage in &body.stages {
+            if let Some(first) = seen.insert(&stage.name, &stage.loc) {
+                self.errs.push(duplicate("stage", &stage.name, &stage.loc, Some(first)));
+            }
+        }
+        Some(Pipeline {
+            name: name.value,
+            loc: node.name_loc(),
+            dir: node.src.dir().to_path_buf(),
+            env: body.env,
+            secrets: body.secrets,
+            stages: body.stages,
+            hooks: body.hooks,
+        })
+    }
+
+    /// The children of a `pipeline` or of an included `template`.
+    pub(super) fn body(&mut self, node: Node, body: &mut Body) {
+        for child in node.children() {
+            match child.name() {
+                "env" => self.env_block(child, &mut body.env),
+                "secrets" => self.secrets_block(child, &mut body.secrets),
+                "stage" => body.stages.extend(self.stage(child)),
+                "include" => template::include(self, child, body),
+                "on-success" | "on-failure" | "always" => self.hook_block(child, &mut body.hooks),
+                other => self.unknown(child, "a pipeline", PIPELINE_NODES, other),
+            }
+        }
+    }
+
+    fn stage(&mut self, node: Node) -> Option<Stage> {
+        node.check_props(&["needs"], &mut self.errs);
+        node.check_arg_count(1, &mut self.errs);
+        let name = self.name(node, "stage")?;
+        if RESERVED_STAGE_NAMES.contains(&name.value.as_str()) {
+            self.errs.invalid(&name.loc, "stage name", format!("`{}` is reserved for hooks", name.value), None);
+        }
+        let mut stage = Stage {
+            name: name.value,
+            loc: name.loc,
+            needs: Vec::new(),
+            env: Env::default(),
+            when: Vec::new(),
+            matrix: None,
+            steps: Vec::new(),
+            hooks: Hooks::default(),
+        };
+        if let Some(e) = node.prop("needs") {
+            stage.needs.extend(node.entry_string(e, "needs", &mut self.errs));
+        }
+        for child in node.children() {
+            match child.name() {
+                "needs" => stage.needs.extend(self.needs(child)),
+                "env" => self.env_block(child, &mut stage.env),
+                "when" => stage.when.extend(self.condition(child)),
+                "matrix" => {
+                    if stage.matrix.is_some() {
+                        self.errs.syntax(&child.name_loc(), "a stage has one `matrix`", "second matrix");
+                    }
+                    stage.matrix = self.matrix(child);
+                }
+                "step" => stage.steps.extend(self.step(child)),
+                "on-success" | "on-failure" | "always" => self.hook_block(child, &mut stage.hooks),
+                other => self.unknown(child, "a stage", STAGE_NODES, other),
+            }
+        }
+        if stage.steps.is_empty() {
+            self.errs.push(LangError::EmptyStage {
+                name: stage.name.clone(),
+                src: node.src.named(),
+                span: node.kdl.span(),
+            });
+        }
+        self.check_unique_steps(&stage.steps);
+        Some(stage)
+    }
+
+    pub(super) fn step(&mut self, node: Node) -> Option<Step> {
+        node.check_props(&["needs"], &mut self.errs);
+        node.check_arg_count(1, &mut self.errs);
+        let name = self.name(node, "step")?;
+        let mut step = Step {
+            name: name.value,
+            loc: name.loc,
+            action: Action::Run(RunCommand { script: Template::literal("", node.loc()), shell: None }),
+            needs: Vec::new(),
+            when: Vec::new(),
+            retry: Retry::default(),
+            timeout: None,
+            continue_on_error: false,
+            env: Env::default(),
+            workdir: None,
+        };
+        if let Some(e) = node.prop("needs") {
+            step.needs.extend(node.entry_string(e, "needs", &mut self.errs));
+        }
+        let mut action = None;
+        for child in node.children() {
+            match child.name() {
+                "run" => {
+                    if action.is_some() {
+                        self.errs.syntax(&child.name_loc(), "a step does one thing", "second action");
+                    }
+                    action = self.run(child);
+                }
+                "needs" => step.needs.extend(self.needs(child)),
+                "when" => step.when.extend(self.condition(child)),
+                "retry" => step.retry = self.retry(child),
+                "timeout" => {
+                    self.leaf(child, &[], 1);
+                    step.timeout = child.args().next().and_then(|e| child.entry_duration(e, "timeout", &mut self.errs));
+                    if step.timeout.is_none() && child.args().next().is_none() {
+                        child.arg_string("a duration", &mut self.errs);
+                    }
+                }
+                "continue-on-error" => {
+                    self.leaf(child, &[], 1);
+                    step.continue_on_error = match child.args().next() {
+                        Some(e) => child.entry_bool(e, "continue-on-error", &mut self.errs).unwrap_or(false),
+                        None => true,
+                    };
+                }
+                "env" => self.env_block(child, &mut step.env),
+                "workdir" => {
+                    self.leaf(child, &[], 1);
+                    step.workdir = child.arg_string("a directory", &mut self.errs).map(|d| self.template(&d));
+                }
+                other => self.unknown(child, "a step", STEP_NODES, other),
+            }
+        }
+        match action {
+            Some(a) => step.action = a,
+            None => self.errs.push(LangError::Missing {
+                node: format!("step \"{}\"", step.name),
+                what: "an action".to_string(),
+                src: node.src.named(),
+                span: node.kdl.span(),
+                help: Some("give it a command: run \"make test\"".to_string()),
+            }),
+        }
+        Some(step)
+    }
+
+    fn run(&mut self, node: Node) -> Option<Action> {
+        self.leaf(node, &["shell"], 1);
+        let script = node.arg_string("a command", &mut self.errs)?;
+        let shell = node.prop_string("shell", &mut self.errs).and_then(|s| match shell_words::split(&s.value) {
+            Ok(words) if !words.is_empty() => Some(words),
+            Ok(_) => {
+                self.errs.invalid(&s.loc, "shell", "it is empty", None);
+                None
+            }
+            Err(e) => {
+                self.errs.invalid(&s.loc, "shell", e.to_string(), None);
+                None
+            }
+        });
+        Some(Action::Run(RunCommand { script: self.template(&script), shell }))
+    }
+
+    fn retry(&mut self, node: Node) -> Retry {
+        self.leaf(node, &["backoff"], 1);
+        let count = match node.args().next() {
+            Some(e) => node.entry_u32(e, "retry", &mut self.errs).map(|c| c.value).unwrap_or(0),
+            None => {
+                node.arg_string("a count", &mut self.errs);
+                0
+            }
+        };
+        let backoff = node
+            .prop("backoff")
+            .and_then(|e| node.entry_duration(e, "backoff", &mut self.errs))
+            .map(|d| d.value)
+            .unwrap_or_default();
+        Retry { count, backoff }
+    }
+
+    fn needs(&mut self, node: Node) -> Vec<Spanned<String>> {
+        self.leaf(node, &[], usize::MAX);
+        let needs = node.arg_texts("needs", &mut self.errs);
+        if needs.is_empty() {
+            node.arg_string("a stage or step name", &mut self.errs);
+        }
+        needs
+    }
+
+    fn hook_block(&mut self, node: Node, hooks: &mut Hooks) {
+        node.check_props(&[], &mut self.errs);
+        node.check_arg_count(0, &mut self.errs);
+        let trigger = match node.name() {
+            "on-success" => Trigger::OnSuccess,
+            "on-failure" => Trigger::OnFailure,
+            _ => Trigger::Always,
+        };
+        let steps = match trigger {
+            Trigger::OnSuccess => &mut hooks.on_success,
+            Trigger::OnFailure => &mut hooks.on_failure,
+            Trigger::Always => &mut hooks.always,
+        };
+        let before = steps.len();
+        for child in node.children() {
+            match child.name() {
+                "step" => steps.extend(self.step(child)),
+                other => self.unknown(child, &format!("an `{}` block", node.name()), &["step"], other),
+            }
+        }
+        for s in &steps[before..] {
+            if let Some(need) = s.needs.first() {
+                self.errs.invalid(&need.loc, "needs", "hook steps run in the order written", None);
+            }
+        }
+        self.check_unique_steps(steps);
+    }
+
+    fn check_unique_steps(&mut self, steps: &[Step]) {
+        let mut seen: HashMap<&str, &Loc> = HashMap::new();
+        for step in steps {
+            if let Some(first) = seen.insert(&step.name, &step.loc) {
+                self.errs.push(duplicate("step", &step.name, &step.loc, Some(first)));
+            }
+        }
+    }
+
+    /// A stage or step name: one argument, usable inside `stage.step` references.
+    fn name(&mut self, node: Node, kind: &str) -> Option<Spanned<String>> {
+        let name = node.arg_string(&format!("a {kind} name"), &mut self.errs)?;
+        let bad = name.value.is_empty() || name.value.contains(['.', '[', ']', '/', '$']);
+        if bad {
+            self.errs.invalid(
+                &name.loc,
+                &format!("{kind} name"),
+                "names are non-empty and free of `.`, `[`, `]`, `/` and `$`",
+                Some("these characters separate `stage.step` references".to_string()),
+            );
+        }
+        Some(name)
+    }
+
+    /// A node with arguments only: no block, only the given properties.
+    pub(super) fn leaf(&mut self, node: Node, props: &[&str], max_args: usize) {
+        node.check_props(props, &mut self.errs);
+        node.check_arg_count(max_args, &mut self.errs);
+        node.check_no_children(&mut self.errs);
+    }
+
+    /// Parses a string into a [`Template`]; `${param.*}` only lives inside templates.
+    pub(super) fn template(&mut self, text: &Spanned<String>) -> Template {
+        let t = Template::parse(&text.value, &text.loc, &mut self.errs);
+        for r in t.refs() {
+            if let RefKind::Param(name) = &r.kind {
+                self.errs.push(LangError::BadInterpolation {
+                    reference: r.text.clone(),
+                    reason: format!("no parameter `{name}` here"),
+                    src: r.loc.src.named(),
+                    span: r.loc.span,
+                    help: Some("parameters are declared with `param` in a template and given by `include`".into()),
+                });
+            }
+        }
+        t
+    }
+
+    pub(super) fn unknown(&mut self, node: Node, context: &str, known: &[&str], name: &str) {
+        let help = did_you_mean(name, known.iter().copied()).or_else(|| Some(expected_one_of(known)));
+        self.errs.push(LangError::UnknownNode {
+            name: name.to_string(),
+            context: context.to_string(),
+            src: node.src.named(),
+            span: node.kdl.name().span(),
+            help,
+        });
+    }
+}

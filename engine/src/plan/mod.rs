@@ -1,0 +1,99 @@
+//! The plan: a pipeline model compiled into a petgraph DAG of steps, with matrix
+//! stages expanded and every reference resolved. Knows nothing about tokio.
+
+pub mod error;
+mod export;
+mod planner;
+mod select;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::lang::Loc;
+use crate::lang::interp::Template;
+use crate::lang::model::{Action, Condition, Env, Retry, Secrets, Trigger};
+
+pub use error::PlanError;
+pub use export::GraphFormat;
+pub use planner::plan;
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub pipeline: String,
+    pub dir: PathBuf,
+    pub secrets: Secrets,
+    pub graph: DiGraph<PlannedStep, Edge>,
+    /// Stage instances in the order written (matrix stages expanded).
+    pub stages: Vec<StageInstance>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StageInstance {
+    pub name: String,
+    pub base: String,
+    pub matrix: BTreeMap<String, String>,
+    pub needs: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedStep {
+    /// `stage.step`, `stage.on-failure.step` or `on-failure.step`: unique in the plan.
+    pub id: String,
+    /// The stage instance it belongs to; empty for pipeline hooks.
+    pub stage: String,
+    pub name: String,
+    pub role: Role,
+    pub action: Action,
+    /// Pipeline env, then stage env, then step env: later entries win.
+    pub env: Vec<Env>,
+    pub matrix: BTreeMap<String, String>,
+    pub when: Vec<Condition>,
+    pub retry: Retry,
+    pub timeout: Option<Duration>,
+    pub continue_on_error: bool,
+    pub workdir: Option<Template>,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Main,
+    StageHook(Trigger),
+    PipelineHook(Trigger),
+}
+
+impl Role {
+    pub fn is_hook(self) -> bool {
+        !matches!(self, Role::Main)
+    }
+}
+
+/// How a step depends on another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edge {
+    /// Runs only if the other succeeded (`needs`).
+    Needs,
+    /// Runs after the other has finished, whatever its outcome (hooks, `when step=`).
+    After,
+}
+
+impl Plan {
+    pub fn step(&self, ix: NodeIndex) -> &PlannedStep {
+        &self.graph[ix]
+    }
+
+    pub fn find(&self, id: &str) -> Option<NodeIndex> {
+        self.graph.node_indices().find(|&i| self.graph[i].id == id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+}

@@ -1,0 +1,121 @@
+//! One step from start to end: attempts, timeout, backoff, outputs. Generic over
+//! the step kind: it only sees an [`Invocation`] and the [`execute`] seam.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::event::{Event, Events};
+use super::executor::{Exit, Invocation, execute};
+use super::log::StepLog;
+use super::outputs;
+use crate::lang::model::Retry;
+use crate::state::Status;
+
+pub struct Job {
+    pub step: String,
+    pub invocation: Invocation,
+    pub display: String,
+    pub retry: Retry,
+    pub timeout: Option<Duration>,
+    pub output_file: PathBuf,
+    pub log: StepLog,
+    pub events: Events,
+    pub cancel: CancellationToken,
+}
+
+pub struct Finished {
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub attempts: u32,
+    pub duration: Duration,
+    pub outputs: BTreeMap<String, String>,
+    pub reason: Option<String>,
+    pub tail: Vec<String>,
+}
+
+pub async fn run(job: Job) -> Finished {
+    let started = Instant::now();
+    let mut attempt = 0;
+    let (status, exit, reason, outputs) = loop {
+        attempt += 1;
+        job.events.send(Event::StepStarted { step: job.step.clone(), attempt });
+        if attempt == 1 {
+            job.log.note(&format!("$ {}", job.display));
+        } else {
+            job.log.note(&format!("attempt {attempt} of {}", job.retry.count + 1));
+        }
+        if let Err(e) = create_empty(&job.output_file) {
+            let reason = format!("cannot create {}: {e}", job.output_file.display());
+            break (Status::Failed, None, Some(reason), BTreeMap::new());
+        }
+        let (exit, timed_out) = attempt_once(&job).await;
+        if exit.success() {
+            match std::fs::read_to_string(&job.output_file).map_err(|e| e.to_string()).and_then(|t| outputs::parse(&t))
+            {
+                Ok(out) => break (Status::Succeeded, exit.code(), None, out),
+                Err(e) => break (Status::Failed, exit.code(), Some(e), BTreeMap::new()),
+            }
+        }
+        if exit == Exit::Cancelled && !timed_out {
+            break (Status::Cancelled, None, Some("cancelled".into()), BTreeMap::new());
+        }
+        let reason = match (timed_out, job.timeout) {
+            (true, Some(t)) => format!("timed out after {}", humantime::format_duration(t)),
+            _ => exit.describe(),
+        };
+        if attempt > job.retry.count {
+            break (Status::Failed, exit.code(), Some(reason), BTreeMap::new());
+        }
+        let delay = job.retry.backoff.saturating_mul(1 << (attempt - 1).min(16));
+        job.log
+            .note(&format!("attempt {attempt} failed ({reason}); retrying in {}", humantime::format_duration(delay)));
+        job.events.send(Event::StepRetrying {
+            step: job.step.clone(),
+            attempt,
+            delay_ms: delay.as_millis() as u64,
+            reason: reason.clone(),
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = job.cancel.cancelled() => break (Status::Cancelled, None, Some("cancelled".into()), BTreeMap::new()),
+        }
+    };
+    if let Some(r) = &reason {
+        job.log.note(r);
+    }
+    let _ = std::fs::remove_file(&job.output_file);
+    Finished {
+        status,
+        exit_code: exit,
+        attempts: attempt,
+        duration: started.elapsed(),
+        outputs,
+        reason,
+        tail: job.log.finish(),
+    }
+}
+
+/// Runs one attempt; a timeout cancels it and waits for the executor to clean up.
+async fn attempt_once(job: &Job) -> (Exit, bool) {
+    let cancel = job.cancel.child_token();
+    let fut = execute(&job.invocation, &job.log, &cancel);
+    tokio::pin!(fut);
+    let Some(limit) = job.timeout else { return (fut.await, false) };
+    tokio::select! {
+        exit = &mut fut => (exit, false),
+        () = tokio::time::sleep(limit) => {
+            cancel.cancel();
+            (fut.await, true)
+        }
+    }
+}
+
+fn create_empty(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, b"")
+}

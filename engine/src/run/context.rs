@@ -1,0 +1,194 @@
+//! Everything a run knows that the plan does not: run id, git facts, secret
+//! values, the process environment, and how to render a planned step with them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use super::executor::Invocation;
+use super::git::GitInfo;
+use super::mask::Masker;
+use super::process::ProcessSpec;
+use crate::lang::interp::{RefKind, Reference};
+use crate::lang::model::{Action, Condition, Outcome, RunCommand, Test};
+use crate::plan::PlannedStep;
+use crate::state::StepRecord;
+
+pub struct RunContext {
+    pub run_id: String,
+    pub pipeline: String,
+    /// Where `.pipe/` lives.
+    pub root: PathBuf,
+    /// The pipeline file's directory: steps run here by default.
+    pub dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub git: GitInfo,
+    pub secrets: HashMap<String, String>,
+    pub masker: Masker,
+    pub env: HashMap<String, String>,
+}
+
+/// What a step's templates and conditions can see of the run so far.
+pub struct View<'a> {
+    pub ids: &'a HashMap<String, usize>,
+    pub records: &'a [StepRecord],
+    /// Outputs as the steps wrote them; records hold the masked copies.
+    pub outputs: &'a [BTreeMap<String, String>],
+}
+
+impl View<'_> {
+    pub fn record(&self, id: &str) -> Option<&StepRecord> {
+        self.ids.get(id).map(|&i| &self.records[i])
+    }
+
+    pub fn output(&self, id: &str, key: &str) -> Option<&String> {
+        self.ids.get(id).and_then(|&i| self.outputs[i].get(key))
+    }
+
+    /// Steps whose failure counts against the run, for `${run.failed-steps}`.
+    pub fn failed(&self) -> Vec<&str> {
+        self.records.iter().filter(|r| r.is_failure()).map(|r| r.id.as_str()).collect()
+    }
+}
+
+pub struct Rendered {
+    pub invocation: Invocation,
+    /// The command as the log shows it, secrets masked.
+    pub display: String,
+}
+
+impl RunContext {
+    /// The step's env: pipeline, then stage, then step values, each layer seeing the ones before.
+    pub fn step_env(&self, step: &PlannedStep, view: &View) -> Result<BTreeMap<String, String>, String> {
+        let mut env = BTreeMap::new();
+        for layer in &step.env {
+            for var in &layer.0 {
+                let value = var.value.render(|r| self.resolve(r, step, view, &env))?;
+                env.insert(var.name.clone(), value);
+            }
+        }
+        Ok(env)
+    }
+
+    pub fn render(&self, step: &PlannedStep, view: &View, output_file: &std::path::Path) -> Result<Rendered, String> {
+        let env = self.step_env(step, view)?;
+        let workdir = match &step.workdir {
+            Some(w) => self.dir.join(w.render(|r| self.resolve(r, step, view, &env))?),
+            None => self.dir.clone(),
+        };
+        let Action::Run(RunCommand { script, shell }) = &step.action;
+        let script = script.render(|r| self.resolve(r, step, view, &env))?;
+        let (program, args) = command_line(&script, shell.as_deref());
+        let mut vars: Vec<(String, String)> = env.into_iter().collect();
+        vars.push(("PIPE_OUTPUT".into(), output_file.display().to_string()));
+        vars.push(("PIPE_RUN_ID".into(), self.run_id.clone()));
+        vars.push(("PIPE_PIPELINE".into(), self.pipeline.clone()));
+        vars.push(("PIPE_STEP".into(), step.id.clone()));
+        vars.push(("PIPE_WORKSPACE".into(), self.dir.display().to_string()));
+        Ok(Rendered {
+            display: self.masker.mask(&script),
+            invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir }),
+        })
+    }
+
+    fn resolve(
+        &self,
+        r: &Reference,
+        step: &PlannedStep,
+        view: &View,
+        env: &BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        let missing = |what: &str| Err(format!("`{}`: {what}", r.text));
+        match &r.kind {
+            RefKind::Env(name) => match env.get(name).or_else(|| self.env.get(name)) {
+                Some(v) => Ok(v.clone()),
+                None => missing("not set in the pipeline nor in the environment"),
+            },
+            RefKind::Secret(name) => match self.secrets.get(name) {
+                Some(v) => Ok(v.clone()),
+                None => missing("no such secret"),
+            },
+            RefKind::Matrix(key) => match step.matrix.get(key) {
+                Some(v) => Ok(v.clone()),
+                None => missing("no such matrix axis"),
+            },
+            RefKind::Param(_) => missing("parameters exist only inside templates"),
+            RefKind::GitSha => Ok(self.git.sha.clone()),
+            RefKind::GitBranch => Ok(self.git.branch.clone()),
+            RefKind::RunId => Ok(self.run_id.clone()),
+            RefKind::RunPipeline => Ok(self.pipeline.clone()),
+            RefKind::RunFailedSteps => Ok(view.failed().join(", ")),
+            RefKind::StepOutput { stage, step: name, key } => {
+                let id = format!("{stage}.{name}");
+                match view.output(&id, key) {
+                    Some(v) => Ok(v.clone()),
+                    None => missing(&format!("`{id}` set no output `{key}`")),
+                }
+            }
+        }
+    }
+
+    pub fn holds(&self, cond: &Condition, env: &BTreeMap<String, String>, view: &View) -> bool {
+        match &cond.test {
+            Test::Branch { matcher, .. } => matcher.is_match(&self.git.branch),
+            Test::Env { name, equals } => {
+                let value = env.get(name).or_else(|| self.env.get(name));
+                match (value, equals) {
+                    (Some(v), Some(want)) => v == want,
+                    (Some(v), None) => !v.is_empty(),
+                    (None, _) => false,
+                }
+            }
+            Test::Outcome { step, outcome } => view.record(&step.value).is_some_and(|rec| match outcome {
+                Outcome::Success => rec.counts_as_success(),
+                Outcome::Failure => {
+                    rec.status == crate::state::Status::Failed || rec.status == crate::state::Status::Cancelled
+                }
+                Outcome::Skipped => rec.status == crate::state::Status::Skipped,
+            }),
+            Test::Output { step, key, equals } => view.output(&step.value, key).is_some_and(|v| v == equals),
+        }
+    }
+}
+
+/// Words that only a shell understands, at the start of a command.
+const SHELL_WORDS: &[&str] = &[
+    ".", ":", "alias", "break", "case", "cd", "command", "continue", "eval", "exec", "exit", "export", "for",
+    "function", "if", "read", "readonly", "return", "set", "shift", "source", "trap", "ulimit", "umask", "unset",
+    "until", "wait", "while",
+];
+
+/// `sh -c script`, or the program itself when the script is a plain command.
+/// Like make, a command without shell syntax is run directly: one exec, not two.
+fn command_line(script: &str, shell: Option<&[String]>) -> (String, Vec<String>) {
+    if let Some(shell) = shell {
+        let mut args: Vec<String> = shell[1..].to_vec();
+        args.extend(["-c".to_string(), script.to_string()]);
+        return (shell[0].clone(), args);
+    }
+    let plain = !script.contains(|c: char| "#;\"'*?[]&|<>(){}$`^~!\\\n=%".contains(c));
+    if plain
+        && let Ok(mut words) = shell_words::split(script)
+        && !words.is_empty()
+        && !SHELL_WORDS.contains(&words[0].as_str())
+    {
+        let program = words.remove(0);
+        return (program, words);
+    }
+    ("sh".into(), vec!["-c".into(), script.to_string()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    #[test]
+    fn plain_commands_skip_the_shell() {
+        assert_eq!(command_line("true", None), ("true".into(), vec![]));
+        assert_eq!(command_line("cargo build  --release", None).1, vec!["build", "--release"]);
+        assert_eq!(command_line("echo $HOME", None).0, "sh");
+        assert_eq!(command_line("cd x", None).0, "sh");
+        assert_eq!(command_line("a && b", None).0, "sh");
+        let bash = ["bash".to_string(), "-e".to_string()];
+        assert_eq!(command_line("x", Some(&bash)), ("bash".into(), vec!["-e".into(), "-c".into(), "x".into()]));
+    }
+}

@@ -1,0 +1,52 @@
+//! The one seam between scheduling and execution. The scheduler renders a step
+//! into an [`Invocation`] and calls [`execute`]; a new step kind (container,
+//! plugin, deploy) is a new variant here and nothing changes in the scheduler.
+
+use tokio_util::sync::CancellationToken;
+
+use super::log::StepLog;
+use super::process::{self, ProcessSpec};
+
+/// A step ready to execute: every template rendered, every path resolved.
+#[derive(Clone, Debug)]
+pub enum Invocation {
+    Process(ProcessSpec),
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    Cancelled,
+    /// The step could not be run at all.
+    Error(String),
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(*c),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit code {c}"),
+            Exit::Signal(s) => format!("killed by signal {s}"),
+            Exit::Cancelled => "cancelled".into(),
+            Exit::Error(e) => e.clone(),
+        }
+    }
+}
+
+pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &CancellationToken) -> Exit {
+    match invocation {
+        Invocation::Process(spec) => process::run(spec, log, cancel).await,
+    }
+}

@@ -1,0 +1,329 @@
+//! The scheduler: walks the plan's DAG, starting each step as soon as what it
+//! depends on has finished, at most `jobs` at once. The first real failure (or
+//! Ctrl-C / SIGTERM) cancels running steps and skips pending ones; hooks still run.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use petgraph::Direction;
+use petgraph::graph::NodeIndex;
+use petgraph::visit::EdgeRef;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::attempt::{self, Finished, Job};
+use super::context::{RunContext, View};
+use super::event::{Event, Events};
+use super::log::StepLog;
+use crate::lang::model::Trigger;
+use crate::plan::{Edge, Plan, Role};
+use crate::state::record::log_path;
+use crate::state::{RunStatus, Status, StepRecord, file_safe};
+
+pub struct Scheduler<'p> {
+    plan: &'p Plan,
+    ctx: Arc<RunContext>,
+    jobs: usize,
+    events: Events,
+    records: Vec<StepRecord>,
+    outputs: Vec<BTreeMap<String, String>>,
+    ids: HashMap<String, usize>,
+    /// Steps that succeeded in an earlier run and are not run again (`--rerun-failed`).
+    reuse: HashMap<String, StepRecord>,
+    remaining: Vec<usize>,
+    aborting: bool,
+    interrupted: bool,
+    /// Cancels main steps (fail-fast, first Ctrl-C).
+    cancel: CancellationToken,
+    /// Cancels hooks too (a second Ctrl-C).
+    cancel_all: CancellationToken,
+}
+
+enum Decision {
+    Run,
+    Skip(String),
+    Reuse(StepRecord),
+}
+
+impl<'p> Scheduler<'p> {
+    pub fn new(plan: &'p Plan, ctx: Arc<RunContext>, jobs: usize, events: Events) -> Self {
+        let records = plan
+            .graph
+            .node_indices()
+            .map(|n| StepRecord {
+                id: plan.graph[n].id.clone(),
+                status: Status::Pending,
+                allowed_failure: false,
+                exit_code: None,
+                attempts: 0,
+                duration_ms: 0,
+                outputs: BTreeMap::new(),
+                reason: None,
+                tail: Vec::new(),
+            })
+            .collect();
+        let remaining =
+            plan.graph.node_indices().map(|n| plan.graph.edges_directed(n, Direction::Incoming).count()).collect();
+        let cancel_all = CancellationToken::new();
+        Scheduler {
+            plan,
+            ctx,
+            jobs: jobs.max(1),
+            events,
+            outputs: vec![BTreeMap::new(); plan.len()],
+            ids: plan.graph.node_indices().map(|n| (plan.graph[n].id.clone(), n.index())).collect(),
+            records,
+            reuse: HashMap::new(),
+            remaining,
+            aborting: false,
+            interrupted: false,
+            cancel: cancel_all.child_token(),
+            cancel_all,
+        }
+    }
+
+    pub fn reuse(mut self, records: impl IntoIterator<Item = StepRecord>) -> Self {
+        self.reuse = records.into_iter().filter(|r| r.counts_as_success()).map(|r| (r.id.clone(), r)).collect();
+        self
+    }
+
+    pub async fn run(mut self) -> (RunStatus, Vec<StepRecord>) {
+        let mut signals = Signals::new();
+        let mut ready: VecDeque<NodeIndex> =
+            self.plan.graph.node_indices().filter(|n| self.remaining[n.index()] == 0).collect();
+        let mut runnable: VecDeque<NodeIndex> = VecDeque::new();
+        let mut running: JoinSet<(NodeIndex, Finished)> = JoinSet::new();
+        let mut started: HashMap<NodeIndex, Instant> = HashMap::new();
+        loop {
+            while let Some(n) = ready.pop_front() {
+                match self.decide(n) {
+                    Decision::Run => runnable.push_back(n),
+                    Decision::Skip(reason) => self.skip(n, reason, &mut ready),
+                    Decision::Reuse(rec) => {
+                        self.outputs[n.index()] = rec.outputs.clone();
+                        self.finish(n, rec, &mut ready)
+                    }
+                }
+            }
+            while running.len() < self.jobs
+                && let Some(n) = runnable.pop_front()
+            {
+                if self.aborting && !self.plan.graph[n].role.is_hook() {
+                    self.skip(n, "cancelled: the run is stopping".into(), &mut ready);
+                    continue;
+                }
+                match self.start(n) {
+                    Ok(job) => {
+                        started.insert(n, Instant::now());
+                        self.records[n.index()].status = Status::Running;
+                        running.spawn(async move { (n, attempt::run(job).await) });
+                    }
+                    Err(reason) => self.fail_before_start(n, reason, &mut ready),
+                }
+            }
+            if !ready.is_empty() || (!runnable.is_empty() && running.len() < self.jobs) {
+                continue;
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = running.join_next() => {
+                    let Some(joined) = joined else { continue };
+                    match joined {
+                        Ok((n, done)) => self.complete(n, done, &mut ready),
+                        Err(e) => tracing::error!(error = %e, "a step task ended abnormally"),
+                    }
+                }
+                () = signals.next() => self.interrupt(),
+            }
+        }
+        let failed = self.records.iter().any(StepRecord::is_failure);
+        let status = match (self.interrupted, failed) {
+            (true, _) => RunStatus::Interrupted,
+            (false, true) => RunStatus::Failed,
+            (false, false) => RunStatus::Succeeded,
+        };
+        (status, self.records)
+    }
+
+    fn interrupt(&mut self) {
+        if self.interrupted {
+            tracing::warn!("second interrupt: cancelling hooks too");
+            self.cancel_all.cancel();
+        }
+        self.interrupted = true;
+        self.aborting = true;
+        self.cancel.cancel();
+    }
+
+    fn decide(&self, n: NodeIndex) -> Decision {
+        let step = &self.plan.graph[n];
+        if let Some(rec) = self.reuse.get(&step.id) {
+            return Decision::Reuse(StepRecord { reason: Some("succeeded in the earlier run".into()), ..rec.clone() });
+        }
+        if self.cancel_all.is_cancelled() {
+            return Decision::Skip("cancelled: the run was interrupted twice".into());
+        }
+        match step.role {
+            Role::Main => {
+                if self.aborting {
+                    return Decision::Skip("cancelled: the run is stopping".into());
+                }
+                for e in self.plan.graph.edges_directed(n, Direction::Incoming) {
+                    let dep = &self.records[e.source().index()];
+                    if *e.weight() == Edge::Needs && !dep.counts_as_success() {
+                        return Decision::Skip(format!("needs {} ({})", dep.id, dep.status.as_str()));
+                    }
+                }
+            }
+            Role::StageHook(trigger) => {
+                let scope: Vec<&StepRecord> = self.scope(|s| s.role == Role::Main && s.stage == step.stage);
+                if scope.iter().all(|r| r.attempts == 0) {
+                    return Decision::Skip(format!("stage {} did not run", step.stage));
+                }
+                if let Some(why) = not_triggered(trigger, scope.iter().any(|r| r.is_failure())) {
+                    return Decision::Skip(why);
+                }
+            }
+            Role::PipelineHook(trigger) => {
+                let failed = self.interrupted
+                    || self.scope(|s| !matches!(s.role, Role::PipelineHook(_))).iter().any(|r| r.is_failure());
+                if let Some(why) = not_triggered(trigger, failed) {
+                    return Decision::Skip(why);
+                }
+            }
+        }
+        if !step.when.is_empty() {
+            let view = self.view();
+            let env = self.ctx.step_env(step, &view).unwrap_or_default();
+            if let Some(c) = step.when.iter().find(|c| !self.ctx.holds(c, &env, &view)) {
+                return Decision::Skip(format!("condition not met: {}", c.loc.text()));
+            }
+        }
+        Decision::Run
+    }
+
+    fn start(&self, n: NodeIndex) -> Result<Job, String> {
+        let step = &self.plan.graph[n];
+        let view = self.view();
+        let output_file = self.ctx.run_dir.join("outputs").join(file_safe(&step.id));
+        let rendered = self.ctx.render(step, &view, &output_file)?;
+        let log = StepLog::create(
+            log_path(&self.ctx.run_dir, &step.id),
+            &step.id,
+            self.events.clone(),
+            self.ctx.masker.clone(),
+        )
+        .map_err(|e| format!("cannot create the log of {}: {e}", step.id))?;
+        let cancel = if step.role.is_hook() { self.cancel_all.child_token() } else { self.cancel.child_token() };
+        Ok(Job {
+            step: step.id.clone(),
+            invocation: rendered.invocation,
+            display: rendered.display,
+            retry: step.retry,
+            timeout: step.timeout,
+            output_file,
+            log,
+            events: self.events.clone(),
+            cancel,
+        })
+    }
+
+    fn complete(&mut self, n: NodeIndex, done: Finished, ready: &mut VecDeque<NodeIndex>) {
+        let step = &self.plan.graph[n];
+        let allowed = done.status == Status::Failed && step.continue_on_error;
+        let masker = &self.ctx.masker;
+        let rec = StepRecord {
+            id: step.id.clone(),
+            status: done.status,
+            allowed_failure: allowed,
+            exit_code: done.exit_code,
+            attempts: done.attempts,
+            duration_ms: done.duration.as_millis() as u64,
+            outputs: done.outputs.iter().map(|(k, v)| (k.clone(), masker.mask(v))).collect(),
+            reason: done.reason.map(|r| masker.mask(&r)),
+            tail: if done.status == Status::Failed { done.tail } else { Vec::new() },
+        };
+        // Later steps read the outputs as written; the record keeps masked ones.
+        self.outputs[n.index()] = done.outputs;
+        self.finish(n, rec, ready);
+    }
+
+    fn fail_before_start(&mut self, n: NodeIndex, reason: String, ready: &mut VecDeque<NodeIndex>) {
+        let step = &self.plan.graph[n];
+        let rec = StepRecord {
+            status: Status::Failed,
+            allowed_failure: step.continue_on_error,
+            reason: Some(self.ctx.masker.mask(&reason)),
+            ..self.records[n.index()].clone()
+        };
+        self.finish(n, rec, ready);
+    }
+
+    fn skip(&mut self, n: NodeIndex, reason: String, ready: &mut VecDeque<NodeIndex>) {
+        let rec = StepRecord { status: Status::Skipped, reason: Some(reason), ..self.records[n.index()].clone() };
+        self.finish(n, rec, ready);
+    }
+
+    fn finish(&mut self, n: NodeIndex, rec: StepRecord, ready: &mut VecDeque<NodeIndex>) {
+        if rec.is_failure() && !self.plan.graph[n].role.is_hook() && !self.aborting {
+            tracing::debug!(step = %rec.id, "failing fast");
+            self.aborting = true;
+            self.cancel.cancel();
+        }
+        self.events.send(Event::StepFinished(rec.clone()));
+        self.records[n.index()] = rec;
+        for next in self.plan.graph.neighbors_directed(n, Direction::Outgoing) {
+            let left = &mut self.remaining[next.index()];
+            *left -= 1;
+            if *left == 0 {
+                ready.push_back(next);
+            }
+        }
+    }
+
+    fn scope(&self, pick: impl Fn(&crate::plan::PlannedStep) -> bool) -> Vec<&StepRecord> {
+        self.plan
+            .graph
+            .node_indices()
+            .filter(|&n| pick(&self.plan.graph[n]))
+            .map(|n| &self.records[n.index()])
+            .collect()
+    }
+
+    fn view(&self) -> View<'_> {
+        View { ids: &self.ids, records: &self.records, outputs: &self.outputs }
+    }
+}
+
+fn not_triggered(trigger: Trigger, failed: bool) -> Option<String> {
+    match (trigger, failed) {
+        (Trigger::OnSuccess, true) => Some("on-success: something failed".into()),
+        (Trigger::OnFailure, false) => Some("on-failure: nothing failed".into()),
+        _ => None,
+    }
+}
+
+/// SIGINT and SIGTERM as one stream; where they cannot be installed, never fires.
+struct Signals(Option<(Signal, Signal)>);
+
+impl Signals {
+    fn new() -> Self {
+        Signals(signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?))).ok())
+    }
+
+    async fn next(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}

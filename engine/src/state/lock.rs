@@ -1,0 +1,42 @@
+//! One run of a pipeline at a time: an exclusive OS file lock, released when the
+//! process ends however it ends, so a killed `pipe` never leaves a stale lock.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use super::{StateError, file_safe};
+
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    pub fn acquire(root: &Path, pipeline: &str, run_id: &str, wait: bool) -> Result<RunLock, StateError> {
+        let dir = root.join(".pipe").join("locks");
+        std::fs::create_dir_all(&dir).map_err(StateError::io("create", &dir))?;
+        let path = dir.join(format!("{}.lock", file_safe(pipeline)));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StateError::io("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) if wait => file.lock().map_err(StateError::io("lock", &path))?,
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = if holder.trim().is_empty() { String::new() } else { format!(" ({})", holder.trim()) };
+                return Err(StateError::Locked { pipeline: pipeline.to_string(), holder });
+            }
+            Err(TryLockError::Error(e)) => return Err(StateError::io("lock", &path)(e)),
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "run {run_id}, pid {}", std::process::id());
+        Ok(RunLock { _file: file })
+    }
+}
