@@ -66,7 +66,7 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
         plan = match plan.select_stages(&args.stages) {
             Ok(p) => p,
             Err(e) => {
-                eprint(&e);
+                eprint(e.as_ref());
                 return exit::INVALID;
             }
         };
@@ -121,7 +121,7 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
                 println!("✓ {} ({}): {} stages, {} steps", plan.pipeline, p.file, plan.stages.len(), plan.len());
             }
             Err(errs) => {
-                bad += 1;
+                bad += errs.len();
                 errs.iter().for_each(|e| eprint(e));
             }
         }

@@ -45,9 +45,29 @@ pub fn parse_source(src: &Arc<Source>) -> Result<Vec<Pipeline>, Errors> {
     if parser.errs.is_empty() { Ok(pipelines) } else { Err(parser.errs) }
 }
 
+/// kdl-rs recovers from one mistake by reporting every block around it as
+/// unclosed; those follow-on messages only bury the real one.
+const CASCADES: &[&str] =
+    &["No closing '}' for child block", "Closing '}' was not found after nodes", "Expected end of document"];
+
 pub(super) fn syntax_errors(src: &Arc<Source>, e: kdl::KdlError) -> Errors {
     let mut errs = Errors::default();
-    for d in e.diagnostics {
+    let is_cascade = |d: &kdl::KdlDiagnostic| d.message.as_deref().is_some_and(|m| CASCADES.contains(&m));
+    let mut diags: Vec<kdl::KdlDiagnostic> = e.diagnostics.iter().filter(|d| !is_cascade(d)).cloned().collect();
+    if diags.is_empty() {
+        // Only follow-on messages: where the parser stopped is the best clue.
+        let stop = e.diagnostics.iter().find(|d| d.message.as_deref() == Some(CASCADES[2]));
+        match stop {
+            Some(d) => diags.push(kdl::KdlDiagnostic {
+                message: Some("unexpected text after a node".into()),
+                label: Some("parsing stopped here".into()),
+                help: Some("nodes on one line are separated by `;`, and every `{` needs its `}`".into()),
+                ..d.clone()
+            }),
+            None => diags.extend(e.diagnostics.into_iter().take(1)),
+        }
+    }
+    for d in diags {
         errs.push(LangError::Syntax {
             message: d.message.unwrap_or_else(|| "invalid KDL".to_string()),
             src: src.named(),
@@ -233,8 +253,11 @@ impl Parser {
                 other => self.unknown(child, "a step", STEP_NODES, other),
             }
         }
+        // A misspelt action was reported as unknown already; "missing" would repeat it.
+        let misspelt = node.children().iter().any(|c| !STEP_NODES.contains(&c.name()));
         match action {
             Some(a) => step.action = a,
+            None if misspelt => {}
             None => self.errs.push(LangError::Missing {
                 node: format!("step \"{}\"", step.name),
                 what: "an action".to_string(),
@@ -333,7 +356,7 @@ impl Parser {
         if bad {
             self.errs.invalid(
                 &name.loc,
-                &format!("{kind} name"),
+                format!("{kind} name"),
                 "names are non-empty and free of `.`, `[`, `]`, `/` and `$`",
                 Some("these characters separate `stage.step` references".to_string()),
             );

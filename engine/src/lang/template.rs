@@ -79,13 +79,17 @@ pub(super) fn include(parser: &mut Parser, node: Node, body: &mut Body) {
             (false, Some(d)) => {
                 values.insert(key.clone(), d.clone());
             }
-            (false, None) => parser.errs.push(LangError::Missing {
-                node: format!("include \"{}\"", path.value),
-                what: format!("the parameter `{key}`"),
-                src: node.src.named(),
-                span: node.kdl.span(),
-                help: Some(format!("add {key}=\"…\" to the include")),
-            }),
+            (false, None) => {
+                parser.errs.push(LangError::Missing {
+                    node: format!("include \"{}\"", path.value),
+                    what: format!("the parameter `{key}`"),
+                    src: node.src.named(),
+                    span: node.kdl.span(),
+                    help: Some(format!("add {key}=\"…\" to the include")),
+                });
+                // Reported once, here; not again at every use inside the template.
+                values.insert(key.clone(), String::new());
+            }
         }
     }
 

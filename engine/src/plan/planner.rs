@@ -23,22 +23,17 @@ pub fn plan(pipeline: &Pipeline) -> Result<Plan, Vec<PlanError>> {
     p.expand();
     p.add_steps();
     let stage_needs = p.stage_needs();
-    if p.errs.is_empty() {
-        p.check_stage_cycles(&stage_needs);
-    }
-    if !p.errs.is_empty() {
-        return Err(p.errs);
-    }
+    let before = p.errs.len();
+    p.check_stage_cycles(&stage_needs);
+    let stage_cycles = p.errs.len() > before;
     p.sibling_needs();
     p.stage_hooks();
     p.cross_needs(&stage_needs);
     p.pipeline_hooks();
     p.conditions();
     let outputs = p.references();
-    if p.errs.is_empty() {
-        p.check_step_cycles();
-    }
-    if p.errs.is_empty() {
+    // A stage cycle is also a step cycle: report it once, in the user's terms.
+    if !stage_cycles && p.check_step_cycles() {
         p.check_outputs_upstream(&outputs);
     }
     if !p.errs.is_empty() {
@@ -438,13 +433,16 @@ impl Planner<'_> {
         outputs
     }
 
-    fn check_step_cycles(&mut self) {
+    /// Reports step cycles; true when there are none.
+    fn check_step_cycles(&mut self) -> bool {
         let cycles = cycles(&self.graph);
+        let none = cycles.is_empty();
         for cycle in cycles {
             let names: Vec<&str> = cycle.iter().map(|&n| self.graph[n].id.as_str()).collect();
             let loc = self.locs.get(&(cycle[0], cycle[1])).cloned().unwrap_or_else(|| self.graph[cycle[1]].loc.clone());
             self.errs.push(cycle_error(&names, &loc));
         }
+        none
     }
 
     fn check_outputs_upstream(&mut self, outputs: &[(NodeIndex, NodeIndex, Loc, String)]) {

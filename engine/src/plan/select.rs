@@ -13,7 +13,7 @@ use super::{Plan, PlanError, Role};
 impl Plan {
     /// Keeps the named stages (a matrix base name selects all its instances),
     /// every step they depend on, and the hooks that watch what is kept.
-    pub fn select_stages(self, names: &[String]) -> Result<Plan, PlanError> {
+    pub fn select_stages(self, names: &[String]) -> Result<Plan, Box<PlanError>> {
         let mut roots = Vec::new();
         for name in names {
             let found: Vec<NodeIndex> = self
@@ -26,11 +26,11 @@ impl Plan {
                 .collect();
             if found.is_empty() {
                 let known: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
-                return Err(PlanError::UnknownStage {
+                return Err(Box::new(PlanError::UnknownStage {
                     name: name.clone(),
                     pipeline: self.pipeline.clone(),
                     known: known.join(", "),
-                });
+                }));
             }
             roots.extend(found);
         }

@@ -88,7 +88,10 @@ impl StepLog {
 
     /// A line from the engine itself (attempt markers, timeouts).
     pub fn note(&self, text: &str) {
-        self.line(Stream::Pipe, &format!("[pipe] {text}"));
+        for (i, line) in text.lines().enumerate() {
+            let lead = if i == 0 { "[pipe]" } else { "      " };
+            self.line(Stream::Pipe, &format!("{lead} {line}"));
+        }
     }
 
     /// Flushes the file, moves it into place, and returns the tail.
@@ -106,11 +109,7 @@ impl StepLog {
     pub async fn pump(self, reader: impl AsyncRead + Unpin, stream: Stream) {
         let mut r = BufReader::new(reader);
         let mut line: Vec<u8> = Vec::new();
-        loop {
-            let buf = match r.fill_buf().await {
-                Ok(b) => b,
-                Err(_) => break,
-            };
+        while let Ok(buf) = r.fill_buf().await {
             if buf.is_empty() {
                 if !line.is_empty() {
                     self.emit(stream, &line);

@@ -169,14 +169,14 @@ impl<'p> Scheduler<'p> {
         }
         match step.role {
             Role::Main => {
-                if self.aborting {
-                    return Decision::Skip("cancelled: the run is stopping".into());
-                }
                 for e in self.plan.graph.edges_directed(n, Direction::Incoming) {
                     let dep = &self.records[e.source().index()];
                     if *e.weight() == Edge::Needs && !dep.counts_as_success() {
                         return Decision::Skip(format!("needs {} ({})", dep.id, dep.status.as_str()));
                     }
+                }
+                if self.aborting {
+                    return Decision::Skip("cancelled: the run is stopping".into());
                 }
             }
             Role::StageHook(trigger) => {
@@ -276,13 +276,17 @@ impl<'p> Scheduler<'p> {
         }
         self.events.send(Event::StepFinished(rec.clone()));
         self.records[n.index()] = rec;
+        let mut unblocked: Vec<NodeIndex> = Vec::new();
         for next in self.plan.graph.neighbors_directed(n, Direction::Outgoing) {
             let left = &mut self.remaining[next.index()];
             *left -= 1;
             if *left == 0 {
-                ready.push_back(next);
+                unblocked.push(next);
             }
         }
+        // Written order where the graph leaves a choice.
+        unblocked.sort_unstable();
+        ready.extend(unblocked);
     }
 
     fn scope(&self, pick: impl Fn(&crate::plan::PlannedStep) -> bool) -> Vec<&StepRecord> {

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `pipe` binary in temporary repositories.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cancel;
+mod discovery;
+mod examples;
+mod records;
+mod scheduling;
+mod secrets;
