@@ -85,7 +85,7 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
     };
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let opts = RunOptions { root: root.to_path_buf(), file: loaded.file.clone(), jobs, wait: args.wait, rerun };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -93,9 +93,10 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
         }
     };
     let (events, rx) = Events::channel();
-    let reporter = report::spawn(args.format, &plan, rx);
-    let result = runtime.block_on(run::run(&plan, opts, events));
-    let _ = reporter.join();
+    let result = runtime.block_on(async {
+        let (result, ()) = tokio::join!(run::run(&plan, opts, events), report::report(args.format, &plan, rx));
+        result
+    });
     match result {
         Ok(record) => record.status.exit_code() as u8,
         Err(e) => {

@@ -41,20 +41,17 @@ pub async fn run(job: Job) -> Finished {
     let mut attempt = 0;
     let (status, exit, reason, outputs) = loop {
         attempt += 1;
-        job.events.send(Event::StepStarted { step: job.step.clone(), attempt });
-        if attempt == 1 {
-            job.log.note(&format!("$ {}", job.display));
-        } else {
+        job.events.send(Event::StepStarted { step: job.step.clone(), attempt, command: job.display.clone() });
+        if attempt > 1 {
             job.log.note(&format!("attempt {attempt} of {}", job.retry.count + 1));
         }
-        if let Err(e) = create_empty(&job.output_file) {
+        if let Err(e) = clear(&job.output_file) {
             let reason = format!("cannot create {}: {e}", job.output_file.display());
             break (Status::Failed, None, Some(reason), BTreeMap::new());
         }
         let (exit, timed_out) = attempt_once(&job).await;
         if exit.success() {
-            match std::fs::read_to_string(&job.output_file).map_err(|e| e.to_string()).and_then(|t| outputs::parse(&t))
-            {
+            match read_outputs(&job.output_file) {
                 Ok(out) => break (Status::Succeeded, exit.code(), None, out),
                 Err(e) => break (Status::Failed, exit.code(), Some(e), BTreeMap::new()),
             }
@@ -113,9 +110,19 @@ async fn attempt_once(job: &Job) -> (Exit, bool) {
     }
 }
 
-fn create_empty(path: &std::path::Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Steps append to `$PIPE_OUTPUT` and create it when they have outputs: most
+/// have none, and creating a file per step costs more than running `true`.
+fn clear(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
-    std::fs::write(path, b"")
+}
+
+fn read_outputs(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => outputs::parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("cannot read $PIPE_OUTPUT: {e}")),
+    }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::executor::Invocation;
 use super::git::GitInfo;
 use super::mask::Masker;
-use super::process::ProcessSpec;
+use super::process::{ProcessSpec, ProgramCache};
 use crate::lang::interp::{RefKind, Reference};
 use crate::lang::model::{Action, Condition, Outcome, RunCommand, Test};
 use crate::plan::PlannedStep;
@@ -25,6 +25,7 @@ pub struct RunContext {
     pub secrets: HashMap<String, String>,
     pub masker: Masker,
     pub env: HashMap<String, String>,
+    pub programs: ProgramCache,
 }
 
 /// What a step's templates and conditions can see of the run so far.
@@ -78,6 +79,7 @@ impl RunContext {
         let Action::Run(RunCommand { script, shell }) = &step.action;
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
         let (program, args) = command_line(&script, shell.as_deref());
+        let program = self.programs.resolve(&program, env.contains_key("PATH"));
         let mut vars: Vec<(String, String)> = env.into_iter().collect();
         vars.push(("PIPE_OUTPUT".into(), output_file.display().to_string()));
         vars.push(("PIPE_RUN_ID".into(), self.run_id.clone()));

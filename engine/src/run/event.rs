@@ -10,7 +10,7 @@ use crate::state::{RunRecord, StepRecord};
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted { run_id: String, pipeline: String, steps: Vec<String>, jobs: usize },
-    StepStarted { step: String, attempt: u32 },
+    StepStarted { step: String, attempt: u32, command: String },
     StepLog { step: String, stream: Stream, line: String },
     StepRetrying { step: String, attempt: u32, delay_ms: u64, reason: String },
     StepFinished(StepRecord),

@@ -1,5 +1,6 @@
 //! A step's log: masked lines go to `logs/<step>.log` (renamed into place when
 //! the step ends), to the live event stream, and to a short tail for the summary.
+//! The file is created at the first line: a silent step costs no file at all.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -28,7 +29,7 @@ pub struct StepLog {
 }
 
 struct Inner {
-    file: Option<BufWriter<File>>,
+    file: LogFile,
     partial: PathBuf,
     path: PathBuf,
     tail: VecDeque<String>,
@@ -36,26 +37,45 @@ struct Inner {
     truncated: bool,
 }
 
-impl StepLog {
-    pub fn create(path: PathBuf, step: &str, events: Events, masker: Masker) -> std::io::Result<StepLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+enum LogFile {
+    NotYet,
+    Open(BufWriter<File>),
+    /// Finished, or could not be created (the run goes on; the live view has the lines).
+    Closed,
+}
+
+impl Inner {
+    fn write(&mut self, line: &str) {
+        if let LogFile::NotYet = self.file {
+            self.file = match File::create(&self.partial) {
+                Ok(f) => LogFile::Open(BufWriter::new(f)),
+                Err(e) => {
+                    tracing::warn!(path = %self.partial.display(), error = %e, "cannot create a step log");
+                    LogFile::Closed
+                }
+            };
         }
-        let partial = path.with_extension("log.partial");
-        let file = BufWriter::new(File::create(&partial)?);
-        Ok(StepLog {
+        if let LogFile::Open(f) = &mut self.file {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+impl StepLog {
+    pub fn new(path: PathBuf, step: &str, events: Events, masker: Masker) -> StepLog {
+        StepLog {
             step: step.into(),
             events,
             masker,
             inner: Arc::new(Mutex::new(Inner {
-                file: Some(file),
-                partial,
+                file: LogFile::NotYet,
+                partial: path.with_extension("log.partial"),
                 path,
                 tail: VecDeque::new(),
                 bytes: 0,
                 truncated: false,
             })),
-        })
+        }
     }
 
     pub fn line(&self, stream: Stream, raw: &str) {
@@ -66,18 +86,14 @@ impl StepLog {
                 if !inner.truncated {
                     inner.truncated = true;
                     let note = format!("[pipe] log cut at {MAX_LOG_BYTES} bytes");
-                    if let Some(f) = inner.file.as_mut() {
-                        let _ = writeln!(f, "{note}");
-                    }
+                    inner.write(&note);
                     drop(inner);
                     self.events.send(Event::StepLog { step: self.step.to_string(), stream: Stream::Pipe, line: note });
                 }
                 return;
             }
             inner.bytes += line.len() as u64 + 1;
-            if let Some(f) = inner.file.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
+            inner.write(&line);
             if inner.tail.len() == TAIL_LINES {
                 inner.tail.pop_front();
             }
@@ -97,7 +113,7 @@ impl StepLog {
     /// Flushes the file, moves it into place, and returns the tail.
     pub fn finish(&self) -> Vec<String> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(mut f) = inner.file.take() {
+        if let LogFile::Open(mut f) = std::mem::replace(&mut inner.file, LogFile::Closed) {
             let _ = f.flush();
             drop(f);
             let _ = std::fs::rename(&inner.partial, &inner.path);

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::plan::Plan;
 use crate::state::record::run_dir;
-use crate::state::{RunLock, RunRecord, RunStatus, StateError, Status, StepRecord};
+use crate::state::{RunLock, RunRecord, RunStatus, StateError, StepRecord};
 pub use context::RunContext;
 pub use event::{Event, Events, Stream};
 use scheduler::Scheduler;
@@ -66,6 +66,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         secrets,
         masker,
         env,
+        programs: Default::default(),
     });
     let started = Instant::now();
     let mut record = RunRecord {
@@ -79,9 +80,13 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         status: RunStatus::Running,
         duration_ms: 0,
         pid: std::process::id(),
-        steps: plan.graph.node_weights().map(|s| pending(&s.id)).collect(),
+        steps: plan.graph.node_weights().map(|s| StepRecord::pending(&s.id)).collect(),
     };
     record.save(&opts.root)?;
+    for dir in ["outputs", "logs"] {
+        let dir = ctx.run_dir.join(dir);
+        std::fs::create_dir_all(&dir).map_err(StateError::io("create", dir))?;
+    }
     events.send(Event::RunStarted {
         run_id: run_id.clone(),
         pipeline: plan.pipeline.clone(),
@@ -101,20 +106,6 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     let _ = std::fs::remove_dir(ctx.run_dir.join("outputs"));
     events.send(Event::RunFinished(record.clone()));
     Ok(record)
-}
-
-fn pending(id: &str) -> StepRecord {
-    StepRecord {
-        id: id.to_string(),
-        status: Status::Pending,
-        allowed_failure: false,
-        exit_code: None,
-        attempts: 0,
-        duration_ms: 0,
-        outputs: Default::default(),
-        reason: None,
-        tail: Vec::new(),
-    }
 }
 
 /// `20261124-061700.123-4f2a`: sorts by start time, unique across processes.

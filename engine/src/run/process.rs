@@ -16,6 +16,33 @@ use super::log::StepLog;
 /// Time between SIGTERM and SIGKILL when a step is cancelled.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// PATH lookups, done once per program per run instead of by every exec
+/// (each exec would otherwise try every PATH entry in turn).
+#[derive(Default)]
+pub struct ProgramCache(std::sync::Mutex<std::collections::HashMap<String, Option<PathBuf>>>);
+
+impl ProgramCache {
+    /// The program's full path, or the name as given when it is a path already,
+    /// when the step sets its own PATH, or when nothing is found (the spawn then
+    /// reports it as not found).
+    pub fn resolve(&self, program: &str, step_sets_path: bool) -> String {
+        if program.contains('/') || step_sets_path {
+            return program.to_string();
+        }
+        let mut cache = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = cache.entry(program.to_string()).or_insert_with(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| is_executable(p))
+        });
+        found.as_ref().map_or_else(|| program.to_string(), |p| p.display().to_string())
+    }
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 #[derive(Clone, Debug)]
 pub struct ProcessSpec {
     pub program: String,
@@ -46,30 +73,50 @@ pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) 
         Err(e) => return Exit::Error(format!("cannot start `{}`: {e}", spec.program)),
     };
     let group = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
-    let pumps = [
-        child.stdout.take().map(|o| tokio::spawn(log.clone().pump(o, Stream::Stdout))),
-        child.stderr.take().map(|e| tokio::spawn(log.clone().pump(e, Stream::Stderr))),
-    ];
-    let mut cancelled = false;
-    let status = tokio::select! {
-        s = child.wait() => s,
-        () = cancel.cancelled() => {
-            cancelled = true;
-            signal(group, Signal::SIGTERM);
-            match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(s) => s,
-                Err(_) => {
-                    signal(group, Signal::SIGKILL);
-                    child.wait().await
-                }
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    // Output is read while the process runs (a full pipe would block it), in
+    // this task: two fewer tasks per step than spawning a reader for each stream.
+    let mut pumps = std::pin::pin!(async {
+        let out = async {
+            if let Some(o) = stdout {
+                log.clone().pump(o, Stream::Stdout).await;
             }
+        };
+        let err = async {
+            if let Some(e) = stderr {
+                log.clone().pump(e, Stream::Stderr).await;
+            }
+        };
+        tokio::join!(out, err);
+    });
+    let mut drained = false;
+    let mut wait = std::pin::pin!(async {
+        tokio::select! {
+            s = child.wait() => (s, false),
+            () = cancel.cancelled() => {
+                signal(group, Signal::SIGTERM);
+                let s = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        signal(group, Signal::SIGKILL);
+                        child.wait().await
+                    }
+                };
+                (s, true)
+            }
+        }
+    });
+    let (status, cancelled) = loop {
+        tokio::select! {
+            s = &mut wait => break s,
+            () = &mut pumps, if !drained => drained = true,
         }
     };
     // Whatever the step left running in the background ends with it.
     signal(group, Signal::SIGKILL);
-    for pump in pumps.into_iter().flatten() {
+    if !drained {
         // Bounded: a process that escaped the group may hold the pipe open.
-        let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), pumps).await;
     }
     if cancelled {
         return Exit::Cancelled;

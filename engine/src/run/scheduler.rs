@@ -49,21 +49,7 @@ enum Decision {
 
 impl<'p> Scheduler<'p> {
     pub fn new(plan: &'p Plan, ctx: Arc<RunContext>, jobs: usize, events: Events) -> Self {
-        let records = plan
-            .graph
-            .node_indices()
-            .map(|n| StepRecord {
-                id: plan.graph[n].id.clone(),
-                status: Status::Pending,
-                allowed_failure: false,
-                exit_code: None,
-                attempts: 0,
-                duration_ms: 0,
-                outputs: BTreeMap::new(),
-                reason: None,
-                tail: Vec::new(),
-            })
-            .collect();
+        let records = plan.graph.node_weights().map(|s| StepRecord::pending(&s.id)).collect();
         let remaining =
             plan.graph.node_indices().map(|n| plan.graph.edges_directed(n, Direction::Incoming).count()).collect();
         let cancel_all = CancellationToken::new();
@@ -118,6 +104,7 @@ impl<'p> Scheduler<'p> {
                     Ok(job) => {
                         started.insert(n, Instant::now());
                         self.records[n.index()].status = Status::Running;
+                        self.records[n.index()].command = Some(job.display.clone());
                         running.spawn(async move { (n, attempt::run(job).await) });
                     }
                     Err(reason) => self.fail_before_start(n, reason, &mut ready),
@@ -211,13 +198,8 @@ impl<'p> Scheduler<'p> {
         let view = self.view();
         let output_file = self.ctx.run_dir.join("outputs").join(file_safe(&step.id));
         let rendered = self.ctx.render(step, &view, &output_file)?;
-        let log = StepLog::create(
-            log_path(&self.ctx.run_dir, &step.id),
-            &step.id,
-            self.events.clone(),
-            self.ctx.masker.clone(),
-        )
-        .map_err(|e| format!("cannot create the log of {}: {e}", step.id))?;
+        let log =
+            StepLog::new(log_path(&self.ctx.run_dir, &step.id), &step.id, self.events.clone(), self.ctx.masker.clone());
         let cancel = if step.role.is_hook() { self.cancel_all.child_token() } else { self.cancel.child_token() };
         Ok(Job {
             step: step.id.clone(),
@@ -246,6 +228,7 @@ impl<'p> Scheduler<'p> {
             outputs: done.outputs.iter().map(|(k, v)| (k.clone(), masker.mask(v))).collect(),
             reason: done.reason.map(|r| masker.mask(&r)),
             tail: if done.status == Status::Failed { done.tail } else { Vec::new() },
+            command: self.records[n.index()].command.take(),
         };
         // Later steps read the outputs as written; the record keeps masked ones.
         self.outputs[n.index()] = done.outputs;

@@ -96,9 +96,27 @@ pub struct StepRecord {
     /// The last log lines of a failed step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tail: Vec<String>,
+    /// What ran, as shown to people (secrets masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 impl StepRecord {
+    pub fn pending(id: &str) -> StepRecord {
+        StepRecord {
+            id: id.to_string(),
+            status: Status::Pending,
+            allowed_failure: false,
+            exit_code: None,
+            attempts: 0,
+            duration_ms: 0,
+            outputs: BTreeMap::new(),
+            reason: None,
+            tail: Vec::new(),
+            command: None,
+        }
+    }
+
     pub fn counts_as_success(&self) -> bool {
         self.status == Status::Succeeded || (self.status == Status::Failed && self.allowed_failure)
     }

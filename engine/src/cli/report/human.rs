@@ -58,7 +58,14 @@ impl Human {
                 );
                 self.print(&line);
             }
-            Event::StepStarted { step, .. } => {
+            Event::StepStarted { step, attempt, command } => {
+                if attempt == 1 {
+                    let prefix = self.prefix(&step);
+                    for (i, line) in command.lines().enumerate() {
+                        let lead = if i == 0 { "$" } else { " " };
+                        self.print(&format!("{prefix} {DIM}│ {lead} {line}{DIM:#}"));
+                    }
+                }
                 self.running.insert(step);
                 self.refresh();
             }
