@@ -86,7 +86,7 @@ fn needs(s: usize) -> Vec<usize> {
     if s >= 1 {
         n.push(s - 1);
     }
-    if s >= 3 && s % 3 == 0 {
+    if s >= 3 && s.is_multiple_of(3) {
         n.push(s - 3);
     }
     n
