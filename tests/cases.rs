@@ -49,3 +49,30 @@ fn valid_pipelines_run_to_their_expected_outcome() {
         insta::assert_snapshot!(outcome);
     });
 }
+
+/// A small, deterministic cousin of the fuzz target (`engine/fuzz`) that runs in
+/// every test run: every fixture and example, cut and spliced at many places,
+/// must be rejected or accepted, never panic the checker.
+#[test]
+fn mangled_pipelines_never_panic_the_checker() {
+    let mut inputs = Vec::new();
+    for dir in [cases_dir().join("invalid"), cases_dir().join("valid"), cases_dir().join("../../pipelines")] {
+        for entry in std::fs::read_dir(dir).expect("fixture dir").flatten() {
+            if entry.path().extension().is_some_and(|x| x == "kdl") {
+                inputs.push(std::fs::read_to_string(entry.path()).expect("read"));
+            }
+        }
+    }
+    const SPLICES: &[&str] = &["{", "}", "\"", ";", "${", "${steps.", "[", "needs \"", "=", "#true", "\n", "é", "\\"];
+    let mut checked = 0;
+    for text in &inputs {
+        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).step_by(7).collect();
+        for (n, &at) in cuts.iter().enumerate() {
+            let _ = pipe::check_source("cut.kdl", &text[..at]);
+            let splice = SPLICES[n % SPLICES.len()];
+            let _ = pipe::check_source("spliced.kdl", &format!("{}{splice}{}", &text[..at], &text[at..]));
+            checked += 2;
+        }
+    }
+    assert!(checked > 1000, "only {checked} inputs");
+}
