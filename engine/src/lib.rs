@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod lang;
 pub mod plan;
+pub mod plugin;
 pub mod run;
 pub mod state;
 

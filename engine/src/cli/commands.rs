@@ -30,6 +30,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Runs { limit, format } => runs(root, limit, format),
         Command::Logs { run, step } => logs(root, &run, step.as_deref()),
         Command::State { pipeline, action } => state(root, &pipeline, action),
+        Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
     }
 }
 
@@ -99,6 +100,11 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
     });
     match result {
         Ok(record) => record.status.exit_code() as u8,
+        // Plugins are checked before anything starts, like the pipeline itself.
+        Err(run::RunError::Plugins(errors)) => {
+            errors.iter().for_each(|e| eprint(e));
+            exit::INVALID
+        }
         Err(e) => {
             eprint(&e);
             exit::FAILED
@@ -117,6 +123,7 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
     let mut good = 0;
     for p in project.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.pipeline.name)) {
         match &p.plan {
+            Ok(plan) if !plugins_ok(plan, root) => bad += 1,
             Ok(plan) => {
                 good += 1;
                 println!("✓ {} ({}): {} stages, {} steps", plan.pipeline, p.file, plan.stages.len(), plan.len());
@@ -132,6 +139,18 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
         exit::INVALID
     } else {
         exit::OK
+    }
+}
+
+/// Checks the plugins a plan uses (capabilities granted, settings known), as `pipe run` would.
+fn plugins_ok(plan: &crate::plan::Plan, root: &Path) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+    match rt.block_on(crate::plugin::prepare(plan, root, crate::plugin::LockMode::CheckOnly)) {
+        Ok(_) => true,
+        Err(errors) => {
+            errors.iter().for_each(|e| eprint(e));
+            false
+        }
     }
 }
 

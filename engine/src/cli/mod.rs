@@ -3,6 +3,7 @@
 
 mod commands;
 mod diagnostics;
+mod plugin_cmd;
 mod project;
 mod report;
 
@@ -86,6 +87,9 @@ pub enum Command {
         /// A step id (`stage.step`), or any unique end of one.
         step: Option<String>,
     },
+    /// Write, build, inspect and try plugins; pin their digests.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
     /// Read or change a pipeline's persistent state.
     State {
         pipeline: String,

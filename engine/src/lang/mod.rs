@@ -7,6 +7,7 @@ pub mod error;
 pub mod interp;
 pub mod model;
 mod parser;
+mod plugin_step;
 pub mod reader;
 pub mod source;
 mod template;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 pub use error::{Errors, LangError};
 pub use model::Pipeline;
+pub use plugin_step::parse_size;
 pub use source::{Loc, Source};
 
 /// Reads and parses one pipeline file. `name` is how diagnostics call it.

@@ -129,6 +129,33 @@ pub struct Step {
 #[derive(Clone, Debug)]
 pub enum Action {
     Run(RunCommand),
+    Plugin(PluginCall),
+}
+
+/// `uses "name" key=value…` with the step's `allow-*` grants.
+#[derive(Clone, Debug)]
+pub struct PluginCall {
+    /// A built-in or installed plugin's name, or a path to a `.wasm` file.
+    pub uses: Spanned<String>,
+    pub config: Vec<(String, Template)>,
+    pub grants: Grants,
+    /// Memory limit in bytes (`memory="256MiB"` on the step).
+    pub memory: Option<u64>,
+}
+
+/// What a plugin step may touch. Nothing is granted by default.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// `host:port` a plugin may send HTTP requests to.
+    pub net: Vec<Spanned<String>>,
+    /// Directories it may read (relative ones are below the pipeline's directory).
+    pub read: Vec<Spanned<String>>,
+    /// Directories it may read and write.
+    pub write: Vec<Spanned<String>>,
+    /// Commands it may run: the program, then argument patterns (`*` matches any one).
+    pub exec: Vec<Spanned<Vec<String>>>,
+    /// Environment variables it may see.
+    pub env: Vec<Spanned<String>>,
 }
 
 #[derive(Clone, Debug)]

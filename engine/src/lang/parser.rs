@@ -8,14 +8,30 @@ use kdl::KdlDocument;
 
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
 use super::interp::{RefKind, Template};
-use super::model::{Action, Env, Hooks, Pipeline, Retry, RunCommand, Secrets, Stage, Step, Trigger};
+use super::model::{Action, Env, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Stage, Step, Trigger};
+use super::plugin_step::GRANT_NODES;
 use super::reader::{Node, Spanned};
 use super::source::{Loc, Source};
 use super::template;
 
 const PIPELINE_NODES: &[&str] = &["env", "secrets", "stage", "include", "on-success", "on-failure", "always"];
 const STAGE_NODES: &[&str] = &["needs", "env", "when", "matrix", "step", "on-success", "on-failure", "always"];
-const STEP_NODES: &[&str] = &["run", "needs", "when", "retry", "timeout", "continue-on-error", "env", "workdir"];
+const STEP_NODES: &[&str] = &[
+    "run",
+    "uses",
+    "needs",
+    "when",
+    "retry",
+    "timeout",
+    "continue-on-error",
+    "env",
+    "workdir",
+    "allow-net",
+    "allow-read",
+    "allow-write",
+    "allow-exec",
+    "allow-env",
+];
 const RESERVED_STAGE_NAMES: &[&str] = &["on-success", "on-failure", "always"];
 
 /// Parses one file's text into the pipelines it defines. A template file defines none.
@@ -201,7 +217,7 @@ impl Parser {
     }
 
     pub(super) fn step(&mut self, node: Node) -> Option<Step> {
-        node.check_props(&["needs"], &mut self.errs);
+        node.check_props(&["needs", "memory"], &mut self.errs);
         node.check_arg_count(1, &mut self.errs);
         let name = self.name(node, "step")?;
         let mut step = Step {
@@ -220,13 +236,19 @@ impl Parser {
             step.needs.extend(node.entry_string(e, "needs", &mut self.errs));
         }
         let mut action = None;
+        let mut grants = Grants::default();
+        let mut first_grant: Option<Loc> = None;
         for child in node.children() {
             match child.name() {
-                "run" => {
+                "run" | "uses" => {
                     if action.is_some() {
                         self.errs.syntax(&child.name_loc(), "a step does one thing", "second action");
                     }
-                    action = self.run(child);
+                    action = if child.name() == "run" { self.run(child) } else { self.uses(child) };
+                }
+                name if GRANT_NODES.contains(&name) => {
+                    first_grant.get_or_insert_with(|| child.name_loc());
+                    self.grant(child, &mut grants);
                 }
                 "needs" => step.needs.extend(self.needs(child)),
                 "when" => step.when.extend(self.condition(child)),
@@ -255,6 +277,21 @@ impl Parser {
         }
         // A misspelt action was reported as unknown already; "missing" would repeat it.
         let misspelt = node.children().iter().any(|c| !STEP_NODES.contains(&c.name()));
+        let memory = self.memory(node);
+        match (&mut action, first_grant, memory) {
+            (Some(Action::Plugin(call)), _, _) => {
+                call.grants = grants;
+                call.memory = memory;
+            }
+            (_, Some(at), _) => {
+                self.errs.invalid(&at, "grant", "only plugin steps (`uses`) take `allow-*` grants", None)
+            }
+            (_, None, Some(_)) => {
+                let at = node.prop("memory").map(|e| node.entry_loc(e)).unwrap_or_else(|| node.loc());
+                self.errs.invalid(&at, "memory", "only plugin steps (`uses`) take a memory limit", None)
+            }
+            _ => {}
+        }
         match action {
             Some(a) => step.action = a,
             None if misspelt => {}
@@ -263,7 +300,7 @@ impl Parser {
                 what: "an action".to_string(),
                 src: node.src.named(),
                 span: node.kdl.span(),
-                help: Some("give it a command: run \"make test\"".to_string()),
+                help: Some("give it a command (run \"make test\") or a plugin (uses \"http-check\" url=…)".to_string()),
             }),
         }
         Some(step)

@@ -519,6 +519,7 @@ pub(super) fn templates_mut(step: &mut PlannedStep) -> Vec<&mut Template> {
     let mut out: Vec<&mut Template> = Vec::new();
     match &mut step.action {
         Action::Run(run) => out.push(&mut run.script),
+        Action::Plugin(call) => out.extend(call.config.iter_mut().map(|(_, t)| t)),
     }
     for env in &mut step.env {
         out.extend(env.0.iter_mut().map(|v| &mut v.value));

@@ -2,15 +2,17 @@
 //! values, the process environment, and how to render a planned step with them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::executor::Invocation;
 use super::git::GitInfo;
 use super::mask::Masker;
 use super::process::{ProcessSpec, ProgramCache};
 use crate::lang::interp::{RefKind, Reference};
-use crate::lang::model::{Action, Condition, Outcome, RunCommand, Test};
+use crate::lang::model::{Action, Condition, Outcome, PluginCall, RunCommand, Test};
 use crate::plan::PlannedStep;
+use crate::plugin::{DEFAULT_MEMORY, Granted, PluginRun, Prepared};
 use crate::state::StepRecord;
 
 pub struct RunContext {
@@ -26,6 +28,8 @@ pub struct RunContext {
     pub masker: Masker,
     pub env: HashMap<String, String>,
     pub programs: ProgramCache,
+    /// Plugins prepared before the run, by step id.
+    pub plugins: HashMap<String, Arc<Prepared>>,
 }
 
 /// What a step's templates and conditions can see of the run so far.
@@ -76,7 +80,10 @@ impl RunContext {
             Some(w) => self.dir.join(w.render(|r| self.resolve(r, step, view, &env))?),
             None => self.dir.clone(),
         };
-        let Action::Run(RunCommand { script, shell }) = &step.action;
+        let (script, shell) = match &step.action {
+            Action::Run(RunCommand { script, shell }) => (script, shell),
+            Action::Plugin(call) => return self.render_plugin(step, call, view, &env, workdir, output_file),
+        };
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
         let (program, args) = command_line(&script, shell.as_deref());
         let program = self.programs.resolve(&program, env.contains_key("PATH"));
@@ -90,6 +97,64 @@ impl RunContext {
             display: self.masker.mask(&script),
             invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir }),
         })
+    }
+
+    fn render_plugin(
+        &self,
+        step: &PlannedStep,
+        call: &PluginCall,
+        view: &View,
+        env: &BTreeMap<String, String>,
+        workdir: PathBuf,
+        output_file: &Path,
+    ) -> Result<Rendered, String> {
+        let plugin = self
+            .plugins
+            .get(&step.id)
+            .cloned()
+            .ok_or_else(|| format!("plugin `{}` was not prepared", call.uses.value))?;
+        let mut config = Vec::new();
+        for (key, value) in &call.config {
+            config.push((key.clone(), value.render(|r| self.resolve(r, step, view, env))?));
+        }
+        let dirs = |list: &[crate::lang::reader::Spanned<String>]| -> Vec<PathBuf> {
+            list.iter()
+                .map(|d| std::path::absolute(self.dir.join(&d.value)).unwrap_or_else(|_| self.dir.join(&d.value)))
+                .collect()
+        };
+        let g = &call.grants;
+        let granted = Granted {
+            net: g.net.iter().map(|n| n.value.clone()).collect(),
+            read: dirs(&g.read),
+            write: dirs(&g.write),
+            exec: g.exec.iter().map(|e| e.value.clone()).collect(),
+            env: g
+                .env
+                .iter()
+                .filter_map(|n| {
+                    env.get(&n.value).or_else(|| self.env.get(&n.value)).map(|v| (n.value.clone(), v.clone()))
+                })
+                .collect(),
+        };
+        let workspace = granted
+            .read
+            .iter()
+            .chain(&granted.write)
+            .any(|d| self.dir.starts_with(d))
+            .then(|| self.dir.display().to_string());
+        let shown: Vec<String> = config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let display = self.masker.mask(&format!("uses {} {}", plugin.label(), shown.join(" ")));
+        let run = PluginRun {
+            plugin,
+            config,
+            granted,
+            workspace,
+            memory: call.memory.unwrap_or(DEFAULT_MEMORY),
+            state: crate::state::StateStore::open(&self.root, &self.pipeline),
+            workdir,
+            output_file: output_file.to_path_buf(),
+        };
+        Ok(Rendered { invocation: Invocation::Plugin(Box::new(run)), display })
     }
 
     fn resolve(

@@ -6,11 +6,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::StepLog;
 use super::process::{self, ProcessSpec};
+use crate::plugin::{Host, PluginRun};
 
 /// A step ready to execute: every template rendered, every path resolved.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Invocation {
     Process(ProcessSpec),
+    Plugin(Box<PluginRun>),
 }
 
 /// How one attempt ended.
@@ -19,7 +21,9 @@ pub enum Exit {
     Code(i32),
     Signal(i32),
     Cancelled,
-    /// The step could not be run at all.
+    /// The step ran and reported a failure (a plugin's error).
+    Failed(String),
+    /// The step could not be run at all, or broke its sandbox's limits.
     Error(String),
 }
 
@@ -40,7 +44,7 @@ impl Exit {
             Exit::Code(c) => format!("exit code {c}"),
             Exit::Signal(s) => format!("killed by signal {s}"),
             Exit::Cancelled => "cancelled".into(),
-            Exit::Error(e) => e.clone(),
+            Exit::Failed(e) | Exit::Error(e) => e.clone(),
         }
     }
 }
@@ -48,5 +52,9 @@ impl Exit {
 pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &CancellationToken) -> Exit {
     match invocation {
         Invocation::Process(spec) => process::run(spec, log, cancel).await,
+        Invocation::Plugin(call) => match Host::global() {
+            Ok(host) => host.run(call, log, cancel).await,
+            Err(e) => Exit::Error(e.to_string()),
+        },
     }
 }

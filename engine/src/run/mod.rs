@@ -48,6 +48,10 @@ pub enum RunError {
     #[error("{0}")]
     #[diagnostic(code(run::secrets))]
     Secrets(String),
+
+    #[error("{} plugin problem(s); nothing was started", .0.len())]
+    #[diagnostic(code(run::plugins))]
+    Plugins(#[related] Vec<crate::plugin::PluginError>),
 }
 
 pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRecord, RunError> {
@@ -56,6 +60,8 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let secrets = secrets::load(&plan.secrets, &env).map_err(RunError::Secrets)?;
     let masker = mask::Masker::new(secrets.values().map(String::as_str));
+    let plugins =
+        crate::plugin::prepare(plan, &opts.root, crate::plugin::LockMode::Pin).await.map_err(RunError::Plugins)?;
     let ctx = Arc::new(RunContext {
         run_id: run_id.clone(),
         pipeline: plan.pipeline.clone(),
@@ -67,6 +73,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         masker,
         env,
         programs: Default::default(),
+        plugins,
     });
     let started = Instant::now();
     let mut record = RunRecord {

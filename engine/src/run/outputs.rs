@@ -45,6 +45,23 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+/// Writes outputs in the `$PIPE_OUTPUT` format, heredocs for multi-line values.
+pub fn render(outputs: &BTreeMap<String, String>) -> String {
+    let mut text = String::new();
+    for (k, v) in outputs {
+        if v.contains('\n') {
+            let mut delim = String::from("PIPE_EOF");
+            while v.lines().any(|l| l == delim) {
+                delim.push('_');
+            }
+            text.push_str(&format!("{k}<<{delim}\n{v}\n{delim}\n"));
+        } else {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +72,13 @@ mod tests {
         assert_eq!(got["a"], "2");
         assert_eq!(got["b"], "x=y");
         assert_eq!(got["notes"], "line 1\nline 2");
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let outputs: BTreeMap<String, String> =
+            [("a".to_string(), "1=2".to_string()), ("b".into(), "x\nPIPE_EOF\ny".into())].into_iter().collect();
+        assert_eq!(parse(&render(&outputs)).expect("parses"), outputs);
     }
 
     #[test]

@@ -22,6 +22,8 @@ use crate::plan::{Edge, Plan, Role};
 use crate::state::record::log_path;
 use crate::state::{RunStatus, Status, StepRecord, file_safe};
 
+const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct Scheduler<'p> {
     plan: &'p Plan,
     ctx: Arc<RunContext>,
@@ -206,7 +208,10 @@ impl<'p> Scheduler<'p> {
             invocation: rendered.invocation,
             display: rendered.display,
             retry: step.retry,
-            timeout: step.timeout,
+            // A plugin never runs unbounded: five minutes unless the step says otherwise.
+            timeout: step
+                .timeout
+                .or_else(|| matches!(step.action, crate::lang::model::Action::Plugin(_)).then_some(PLUGIN_TIMEOUT)),
             output_file,
             log,
             events: self.events.clone(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{StateError, file_safe, write_atomic};
 
+#[derive(Clone, Debug)]
 pub struct StateStore {
     path: PathBuf,
     lock_path: PathBuf,

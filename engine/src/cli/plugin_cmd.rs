@@ -1,0 +1,314 @@
+//! `pipe plugin …`: tools for plugin authors (scaffold, build, inspect, run one
+//! alone) and `pipe plugin lock` for pinning digests on purpose.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
+
+use super::diagnostics::eprint;
+use super::exit;
+use super::project::Project;
+use crate::plugin::{self, DEFAULT_MEMORY, Granted, Host, LockMode, PluginRun, Prepared, Resolved};
+use crate::run::{Event, Events};
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate that builds as is.
+    New {
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Build the plugin crate in DIR (default: here) for wasm32-wasip2.
+    Build { dir: Option<PathBuf> },
+    /// Show a plugin's name, version, interface version, settings and capabilities.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one plugin alone with `key=value` settings, granting only what is given.
+    Run {
+        file: PathBuf,
+        /// Settings, as `key=value`.
+        settings: Vec<String>,
+        #[arg(long = "allow-net", value_name = "HOST:PORT")]
+        net: Vec<String>,
+        #[arg(long = "allow-read", value_name = "DIR")]
+        read: Vec<PathBuf>,
+        #[arg(long = "allow-write", value_name = "DIR")]
+        write: Vec<PathBuf>,
+        /// A command it may run, as one shell-quoted string: "nginx -s reload".
+        #[arg(long = "allow-exec", value_name = "COMMAND")]
+        exec: Vec<String>,
+        #[arg(long, default_value = "64MiB")]
+        memory: String,
+        #[arg(long, default_value = "5m")]
+        timeout: humantime::Duration,
+    },
+    /// Pin the digest of every plugin the pipelines use in pipe.lock.
+    Lock,
+}
+
+pub fn dispatch(root: &Path, file: Option<&Path>, command: PluginCommand) -> u8 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    match command {
+        PluginCommand::New { name, path } => new(&name, path.unwrap_or_else(|| PathBuf::from(&name))),
+        PluginCommand::Build { dir } => build(&dir.unwrap_or_else(|| PathBuf::from("."))),
+        PluginCommand::Inspect { file, json } => rt.block_on(inspect(&file, json)),
+        PluginCommand::Run { file, settings, net, read, write, exec, memory, timeout } => {
+            let granted =
+                Granted { net, read: absolute(read), write: absolute(write), exec: split(exec), env: Vec::new() };
+            let memory = crate::lang::parse_size(&memory).unwrap_or(DEFAULT_MEMORY);
+            rt.block_on(run_alone(&file, &settings, granted, memory, timeout.into()))
+        }
+        PluginCommand::Lock => rt.block_on(lock(root, file)),
+    }
+}
+
+async fn load(file: &Path) -> Result<Arc<Prepared>, u8> {
+    let fail = |e: &dyn miette::Diagnostic| {
+        eprint(e);
+        exit::INVALID
+    };
+    let bytes = std::fs::read(file).map_err(|e| {
+        eprintln!("error: cannot read {}: {e}", file.display());
+        exit::INVALID
+    })?;
+    let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let resolved =
+        Resolved { name: file.display().to_string(), origin: file.display().to_string(), bytes: bytes.into(), sha256 };
+    let host = Host::global().map_err(|e| fail(&e))?;
+    let (component, _) = host.load(&resolved).map_err(|e| fail(&e))?;
+    let info = host.describe(&resolved.name, &component).await.map_err(|e| fail(&e))?;
+    Ok(Arc::new(Prepared { resolved, component, info }))
+}
+
+async fn inspect(file: &Path, json: bool) -> u8 {
+    let p = match load(file).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let i = &p.info;
+    if json {
+        println!("{}", serde_json::to_string_pretty(i).unwrap_or_default());
+        return exit::OK;
+    }
+    println!("{} {} — {}", i.name, i.version, i.summary);
+    println!("interface   pipe:plugin@{}", i.interface);
+    println!("sha256      {}", p.resolved.sha256);
+    let caps = if i.capabilities.is_empty() { "none".to_string() } else { i.capabilities.join(", ") };
+    println!("needs       {caps}");
+    println!("settings");
+    for f in &i.fields {
+        let req = if f.required { " (required)" } else { "" };
+        println!("  {:<18} {}{req}", f.name, f.description);
+    }
+    exit::OK
+}
+
+async fn run_alone(
+    file: &Path,
+    settings: &[String],
+    granted: Granted,
+    memory: u64,
+    timeout: std::time::Duration,
+) -> u8 {
+    let plugin = match load(file).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut config = Vec::new();
+    for s in settings {
+        match s.split_once('=') {
+            Some((k, v)) => config.push((k.to_string(), v.to_string())),
+            None => {
+                eprintln!("error: settings are written key=value, not `{s}`");
+                return exit::INVALID;
+            }
+        }
+    }
+    let scratch = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot create a scratch directory: {e}");
+            return exit::FAILED;
+        }
+    };
+    let (events, mut rx) = Events::channel();
+    let log = crate::run::log::StepLog::new(scratch.path().join("plugin.log"), "plugin", events, Default::default());
+    let call = PluginRun {
+        plugin,
+        config,
+        granted,
+        workspace: None,
+        memory,
+        state: crate::state::StateStore::open(scratch.path(), "plugin-run"),
+        workdir: std::env::current_dir().unwrap_or_default(),
+        output_file: scratch.path().join("outputs"),
+    };
+    let Ok(host) = Host::global() else { return exit::FAILED };
+    let cancel = CancellationToken::new();
+    let exit_status = tokio::select! {
+        e = host.run(&call, &log, &cancel) => e,
+        () = tokio::time::sleep(timeout) => {
+            cancel.cancel();
+            crate::run::executor::Exit::Error(format!("timed out after {}", humantime::format_duration(timeout)))
+        }
+    };
+    drop(log);
+    while let Ok(e) = rx.try_recv() {
+        if let Event::StepLog { line, .. } = e {
+            println!("{line}");
+        }
+    }
+    let outputs = std::fs::read_to_string(&call.output_file).unwrap_or_default();
+    for line in outputs.lines() {
+        println!("output: {line}");
+    }
+    if exit_status.success() {
+        exit::OK
+    } else {
+        eprintln!("error: {}", exit_status.describe());
+        exit::FAILED
+    }
+}
+
+async fn lock(root: &Path, file: Option<&Path>) -> u8 {
+    let project = Project::load(root, file);
+    let mut code = exit::OK;
+    for p in &project.pipelines {
+        let Ok(plan) = &p.plan else { continue };
+        if let Err(errors) = plugin::prepare(plan, root, LockMode::Update).await {
+            errors.iter().for_each(|e| eprint(e));
+            code = exit::INVALID;
+        }
+    }
+    if code == exit::OK {
+        println!("pinned in {}", plugin::lockfile::path(root).display());
+    }
+    code
+}
+
+fn new(name: &str, dir: PathBuf) -> u8 {
+    if dir.exists() {
+        eprintln!("error: {} exists already", dir.display());
+        return exit::INVALID;
+    }
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
+    let ident: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let ty: String = ident
+        .split('_')
+        .map(|w| {
+            w.chars().enumerate().map(|(i, c)| if i == 0 { c.to_ascii_uppercase() } else { c }).collect::<String>()
+        })
+        .collect();
+    let files = [
+        ("Cargo.toml", templates::CARGO.replace("{name}", name).replace("{sdk}", &sdk.display().to_string())),
+        ("src/lib.rs", templates::LIB.replace("{name}", name).replace("{Type}", &ty)),
+        (".gitignore", "/target\n".to_string()),
+    ];
+    for (path, text) in files {
+        let full = dir.join(path);
+        if let Err(e) = full.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&full, text))
+        {
+            eprintln!("error: cannot write {}: {e}", full.display());
+            return exit::FAILED;
+        }
+    }
+    println!("created {}: build it with `pipe plugin build {}`", dir.display(), dir.display());
+    exit::OK
+}
+
+fn build(dir: &Path) -> u8 {
+    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output();
+    let has_target = sysroot
+        .is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/wasm32-wasip2").is_dir());
+    if !has_target {
+        eprintln!("error: the wasm32-wasip2 target is not installed");
+        eprintln!("  help: rustup target add wasm32-wasip2");
+        return exit::FAILED;
+    }
+    let status =
+        Command::new("cargo").args(["build", "--release", "--target", "wasm32-wasip2"]).current_dir(dir).status();
+    match status {
+        Ok(s) if s.success() => {
+            let release = dir.join("target/wasm32-wasip2/release");
+            let built: Vec<PathBuf> = std::fs::read_dir(&release)
+                .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect())
+                .unwrap_or_default();
+            for p in built {
+                println!("built {}", p.display());
+            }
+            exit::OK
+        }
+        _ => exit::FAILED,
+    }
+}
+
+fn absolute(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect()
+}
+
+fn split(commands: Vec<String>) -> Vec<Vec<String>> {
+    commands.iter().filter_map(|c| shell_words::split(c).ok()).filter(|w| !w.is_empty()).collect()
+}
+
+mod templates {
+    pub const CARGO: &str = r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+pipe-sdk = { path = "{sdk}" }
+serde = { version = "1", features = ["derive"] }
+
+[profile.release]
+opt-level = "s"
+lto = true
+strip = true
+"#;
+
+    pub const LIB: &str = r#"//! {name}: a pipe plugin.
+
+use pipe_sdk::{Context, Description, Field, Plugin};
+
+#[derive(serde::Deserialize)]
+struct Config {
+    message: String,
+}
+
+struct {Type};
+
+impl Plugin for {Type} {
+    type Config = Config;
+
+    fn describe() -> Description {
+        Description::new("{name}", env!("CARGO_PKG_VERSION"), "Logs a message and sets it as an output")
+            .field(Field::required("message", "what to say"))
+    }
+
+    fn run(config: Config, _ctx: &Context) -> Result<(), String> {
+        pipe_sdk::log(&config.message);
+        pipe_sdk::output("message", &config.message)
+    }
+}
+
+pipe_sdk::export!({Type});
+"#;
+}

@@ -1,0 +1,108 @@
+//! Plugin steps: `uses "name" key=value…`, the step's `allow-*` grants and its
+//! `memory` limit.
+
+use super::error::LangError;
+use super::model::{Action, Grants, PluginCall};
+use super::parser::Parser;
+use super::reader::{Node, Spanned};
+
+pub(super) const GRANT_NODES: &[&str] = &["allow-net", "allow-read", "allow-write", "allow-exec", "allow-env"];
+
+impl Parser {
+    pub(super) fn uses(&mut self, node: Node) -> Option<Action> {
+        node.check_arg_count(1, &mut self.errs);
+        node.check_no_children(&mut self.errs);
+        let uses = node.arg_string("a plugin name or path", &mut self.errs)?;
+        let mut config = Vec::new();
+        for (key, entry) in node.props() {
+            if config.iter().any(|(k, _): &(String, _)| k == key) {
+                self.errs.syntax(&node.entry_loc(entry), format!("`{key}` is given twice"), "again here");
+                continue;
+            }
+            if let Some(text) = node.entry_text(entry, key, &mut self.errs) {
+                config.push((key.to_string(), self.template(&text)));
+            }
+        }
+        Some(Action::Plugin(PluginCall { uses, config, grants: Grants::default(), memory: None }))
+    }
+
+    /// One `allow-*` node, added to `grants`.
+    pub(super) fn grant(&mut self, node: Node, grants: &mut Grants) {
+        self.leaf(node, &[], usize::MAX);
+        let args = node.arg_texts(node.name(), &mut self.errs);
+        if args.is_empty() {
+            node.arg_string("what it allows", &mut self.errs);
+            return;
+        }
+        let one_each = |list: &mut Vec<Spanned<String>>| list.extend(args.iter().cloned());
+        match node.name() {
+            "allow-net" => {
+                for a in &args {
+                    if !a.value.contains(':') {
+                        self.errs.invalid(
+                            &a.loc,
+                            "allow-net",
+                            "write it as host:port",
+                            Some(format!("\"{}:80\"", a.value)),
+                        );
+                    }
+                }
+                one_each(&mut grants.net)
+            }
+            "allow-read" => one_each(&mut grants.read),
+            "allow-write" => one_each(&mut grants.write),
+            "allow-env" => one_each(&mut grants.env),
+            _ => grants.exec.push(Spanned { value: args.iter().map(|a| a.value.clone()).collect(), loc: node.loc() }),
+        }
+    }
+
+    /// `memory="256MiB"` on a step.
+    pub(super) fn memory(&mut self, node: Node) -> Option<u64> {
+        let text = node.prop_string("memory", &mut self.errs)?;
+        match parse_size(&text.value) {
+            Some(bytes) => Some(bytes),
+            None => {
+                self.errs.push(LangError::InvalidValue {
+                    what: "memory".into(),
+                    reason: format!("`{}` is not a size", text.value),
+                    src: text.loc.src.named(),
+                    span: text.loc.span,
+                    help: Some("write sizes like \"64MiB\", \"512MB\" or \"1GiB\"".into()),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// `64MiB`, `512MB`, `1GiB`, `1048576`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512MB"), Some(512_000_000));
+        assert_eq!(parse_size("lots"), None);
+    }
+}
