@@ -275,8 +275,8 @@ impl Parser {
                 other => self.unknown(child, "a step", STEP_NODES, other),
             }
         }
-        // A misspelt action was reported as unknown already; "missing" would repeat it.
-        let misspelt = node.children().iter().any(|c| !STEP_NODES.contains(&c.name()));
+        // A misspelt or malformed action was reported already; "missing" would repeat it.
+        let misspelt = node.children().iter().any(|c| !STEP_NODES.contains(&c.name()) || c.name() == "run" || c.name() == "uses");
         let memory = self.memory(node);
         match (&mut action, first_grant, memory) {
             (Some(Action::Plugin(call)), _, _) => {

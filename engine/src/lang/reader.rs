@@ -121,7 +121,7 @@ impl<'a> Node<'a> {
             });
             return None;
         };
-        self.entry_string(e, what, errs)
+        self.entry_string(e, self.name(), errs)
     }
 
     /// Every argument as a string (numbers and booleans are written out as text).
