@@ -62,6 +62,11 @@ impl Request {
     pub fn send(self) -> Result<Response, String> {
         let url = Url::parse(&self.url)?;
         let headers = Fields::new();
+        // A known length, not chunked encoding: many webhooks insist on it.
+        if !self.body.is_empty() && !self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+            let length = self.body.len().to_string();
+            headers.append("content-length", length.as_bytes()).map_err(|e| format!("content-length: {e:?}"))?;
+        }
         for (k, v) in &self.headers {
             headers.append(k, v.as_bytes()).map_err(|e| format!("header `{k}`: {e:?}"))?;
         }

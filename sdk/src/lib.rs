@@ -46,6 +46,7 @@
 extern crate self as pipe_sdk;
 
 mod config;
+pub mod fs;
 pub mod http;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,7 @@ mod support;
 mod cancel;
 mod discovery;
 mod examples;
+mod plugins;
 mod records;
 mod scheduling;
 mod secrets;

@@ -75,6 +75,8 @@ impl Test {
             .env("CI", "true")
             .env_remove("PIPE_GIT_BRANCH")
             .env_remove("PIPE_GIT_SHA")
+            // Compiled plugin code is cached here, not in the user's home.
+            .env("PIPE_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
@@ -166,4 +168,26 @@ pub fn alive(pid: i32) -> bool {
 pub fn read_pid(path: &Path) -> i32 {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.trim().parse().unwrap_or_else(|_| panic!("no pid in {}: {text:?}", path.display()))
+}
+
+pub mod servers;
+
+/// The repository's `tests/plugins` crates, built once per test process for
+/// wasm32-wasip2 (sharing the built-in plugins' target directory).
+pub fn test_plugin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = root.join("target").join("wasm-plugins");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("tests/plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo");
+        assert!(status.success(), "building tests/plugins failed");
+        target.join("wasm32-wasip2/release")
+    });
+    dir.join(format!("{}.wasm", name.replace('-', "_")))
 }

@@ -123,8 +123,12 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
     let mut good = 0;
     for p in project.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.pipeline.name)) {
         match &p.plan {
-            Ok(plan) if !plugins_ok(plan, root) => bad += 1,
             Ok(plan) => {
+                let problems = plugin_problems(plan, root);
+                if problems > 0 {
+                    bad += problems;
+                    continue;
+                }
                 good += 1;
                 println!("✓ {} ({}): {} stages, {} steps", plan.pipeline, p.file, plan.stages.len(), plan.len());
             }
@@ -142,14 +146,15 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
     }
 }
 
-/// Checks the plugins a plan uses (capabilities granted, settings known), as `pipe run` would.
-fn plugins_ok(plan: &crate::plan::Plan, root: &Path) -> bool {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+/// Checks the plugins a plan uses (capabilities granted, settings known), as
+/// `pipe run` would; reports and counts the problems.
+fn plugin_problems(plan: &crate::plan::Plan, root: &Path) -> usize {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 1 };
     match rt.block_on(crate::plugin::prepare(plan, root, crate::plugin::LockMode::CheckOnly)) {
-        Ok(_) => true,
+        Ok(_) => 0,
         Err(errors) => {
             errors.iter().for_each(|e| eprint(e));
-            false
+            errors.len()
         }
     }
 }

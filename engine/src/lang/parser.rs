@@ -276,7 +276,8 @@ impl Parser {
             }
         }
         // A misspelt or malformed action was reported already; "missing" would repeat it.
-        let misspelt = node.children().iter().any(|c| !STEP_NODES.contains(&c.name()) || c.name() == "run" || c.name() == "uses");
+        let misspelt =
+            node.children().iter().any(|c| !STEP_NODES.contains(&c.name()) || c.name() == "run" || c.name() == "uses");
         let memory = self.memory(node);
         match (&mut action, first_grant, memory) {
             (Some(Action::Plugin(call)), _, _) => {

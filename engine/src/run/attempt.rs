@@ -16,6 +16,8 @@ use crate::state::Status;
 
 pub struct Job {
     pub step: String,
+    /// `name version` of the plugin a step runs, to prefix its timeouts.
+    pub plugin: Option<String>,
     pub invocation: Invocation,
     pub display: String,
     pub retry: Retry,
@@ -60,7 +62,10 @@ pub async fn run(job: Job) -> Finished {
             break (Status::Cancelled, None, Some("cancelled".into()), BTreeMap::new());
         }
         let reason = match (timed_out, job.timeout) {
-            (true, Some(t)) => format!("timed out after {}", humantime::format_duration(t)),
+            (true, Some(t)) => {
+                let who = job.plugin.as_ref().map(|p| format!("{p} ")).unwrap_or_default();
+                format!("{who}timed out after {}", humantime::format_duration(t))
+            }
             _ => exit.describe(),
         };
         if attempt > job.retry.count {

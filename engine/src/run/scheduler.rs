@@ -203,8 +203,13 @@ impl<'p> Scheduler<'p> {
         let log =
             StepLog::new(log_path(&self.ctx.run_dir, &step.id), &step.id, self.events.clone(), self.ctx.masker.clone());
         let cancel = if step.role.is_hook() { self.cancel_all.child_token() } else { self.cancel.child_token() };
+        let plugin = match &rendered.invocation {
+            crate::run::executor::Invocation::Plugin(call) => Some(call.plugin.label()),
+            crate::run::executor::Invocation::Process(_) => None,
+        };
         Ok(Job {
             step: step.id.clone(),
+            plugin,
             invocation: rendered.invocation,
             display: rendered.display,
             retry: step.retry,

@@ -53,12 +53,17 @@ impl Plugin for NginxSwitch {
         let servers = parse_servers(&c.servers)?;
         let file = Path::new(&c.file);
         let previous = std::fs::read_to_string(file).ok();
+        if let Some(dir) = file.parent() {
+            // Fails with the grant to add when the directory is not granted.
+            pipe_sdk::fs::write(dir.join(".pipe-probe"), "")?;
+            let _ = std::fs::remove_file(dir.join(".pipe-probe"));
+        }
         let text = render(&c.upstream, &servers);
         write_atomically(file, &text)?;
         if let Err(e) = command(&c.test).and_then(|()| command(&c.reload)) {
             match &previous {
                 Some(old) => write_atomically(file, old)?,
-                None => std::fs::remove_file(file).map_err(|e| format!("removing {}: {e}", c.file))?,
+                None => pipe_sdk::fs::remove_file(file)?,
             }
             pipe_sdk::log(&format!("restored the previous {}", c.file));
             return Err(e);
@@ -108,8 +113,8 @@ fn render(upstream: &str, servers: &[(String, u32)]) -> String {
 
 fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
     let tmp = file.with_extension("pipe-tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, file).map_err(|e| format!("replacing {}: {e}", file.display()))
+    pipe_sdk::fs::write(&tmp, text)?;
+    pipe_sdk::fs::rename(&tmp, file)
 }
 
 fn command(line: &str) -> Result<(), String> {
