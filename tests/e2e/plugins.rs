@@ -246,3 +246,25 @@ fn plugin_tools_inspect_and_run_one_plugin_alone() {
     let granted = Test::new().args(&["plugin", "run", path, "mode=exec", "--allow-exec", "sh -c id"]).expect(0);
     assert!(granted.stdout.contains("uid="), "{}", granted.stdout);
 }
+
+#[test]
+fn a_scaffolded_plugin_builds_and_runs_as_is() {
+    let test = Test::new();
+    let dir = test.path().to_path_buf();
+    let scaffold = test.command().args(["plugin", "new", "say-hello"]).output().expect("new");
+    assert_eq!(scaffold.status.code(), Some(0), "{}", String::from_utf8_lossy(&scaffold.stderr));
+    // Share the built-in plugins' target directory: the SDK is compiled already.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-plugins");
+    let built = test
+        .command()
+        .args(["plugin", "build", "say-hello"])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("build");
+    let stdout = String::from_utf8_lossy(&built.stdout).to_string();
+    assert_eq!(built.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&built.stderr));
+    let wasm = stdout.lines().find_map(|l| l.strip_prefix("built ")).expect("a built component").to_string();
+    let out = test.args(&["plugin", "run", &wasm, "message=hi there"]).expect(0);
+    assert!(out.stdout.contains("hi there") && out.stdout.contains("output: message=hi there"), "{}", out.stdout);
+    assert!(dir.join("say-hello/src/lib.rs").exists());
+}

@@ -240,21 +240,35 @@ fn build(dir: &Path) -> u8 {
         eprintln!("  help: rustup target add wasm32-wasip2");
         return exit::FAILED;
     }
-    let status =
-        Command::new("cargo").args(["build", "--release", "--target", "wasm32-wasip2"]).current_dir(dir).status();
-    match status {
-        Ok(s) if s.success() => {
-            let release = dir.join("target/wasm32-wasip2/release");
-            let built: Vec<PathBuf> = std::fs::read_dir(&release)
-                .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect())
-                .unwrap_or_default();
-            for p in built {
-                println!("built {}", p.display());
-            }
-            exit::OK
+    // Cargo's JSON messages name the artifacts wherever the target directory is.
+    let output = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(_) => return exit::FAILED,
+        Err(e) => {
+            eprintln!("error: cannot run cargo: {e}");
+            return exit::FAILED;
         }
-        _ => exit::FAILED,
+    };
+    let built: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().filter(|f| f.ends_with(".wasm")).map(String::from))
+        .collect();
+    if built.is_empty() {
+        eprintln!("error: the build made no .wasm component (is the crate a cdylib?)");
+        return exit::FAILED;
     }
+    for path in built {
+        println!("built {path}");
+    }
+    exit::OK
 }
 
 fn absolute(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
