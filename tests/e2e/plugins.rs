@@ -255,12 +255,8 @@ fn a_scaffolded_plugin_builds_and_runs_as_is() {
     assert_eq!(scaffold.status.code(), Some(0), "{}", String::from_utf8_lossy(&scaffold.stderr));
     // Share the built-in plugins' target directory: the SDK is compiled already.
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-plugins");
-    let built = test
-        .command()
-        .args(["plugin", "build", "say-hello"])
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("build");
+    let built =
+        test.command().args(["plugin", "build", "say-hello"]).env("CARGO_TARGET_DIR", &target).output().expect("build");
     let stdout = String::from_utf8_lossy(&built.stdout).to_string();
     assert_eq!(built.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&built.stderr));
     let wasm = stdout.lines().find_map(|l| l.strip_prefix("built ")).expect("a built component").to_string();

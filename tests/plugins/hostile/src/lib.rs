@@ -17,7 +17,7 @@ impl Plugin for Hostile {
 
     fn describe() -> Description {
         Description::new("hostile", "0.1.0", "Misbehaves on purpose")
-            .field(Field::required("mode", "loop, alloc, read, write, connect, exec, panic, flood, ok"))
+            .field(Field::required("mode", "loop, alloc, read, write, connect, exec, panic, flood, env, ok, noop, calls"))
             .field(Field::optional("target", "the path or URL to attack"))
     }
 
@@ -51,6 +51,15 @@ impl Plugin for Hostile {
                 pipe_sdk::output("env", &seen.join(","))
             }
             "ok" => pipe_sdk::output("done", "yes"),
+            // For the benchmark: nothing at all, and `target` host calls.
+            "noop" => Ok(()),
+            "calls" => {
+                let n: u64 = c.target.parse().map_err(|_| "target: a count")?;
+                for _ in 0..n {
+                    pipe_sdk::output("k", "v")?;
+                }
+                Ok(())
+            }
             other => Err(format!("unknown mode {other}")),
         }
     }

@@ -1,0 +1,180 @@
+//! Plugin costs, side by side in one run:
+//!
+//! 1. 200 plugin steps that do nothing (compiled code cached) against 200
+//!    process steps running `true`, through `pipe run --jobs 2`;
+//! 2. loading a component: compiling it cold, from the disk cache, from memory;
+//!    and one instantiate + call of a no-op plugin;
+//! 3. a host call's round trip (a plugin making 100,000 `set-output` calls).
+//!
+//! Run: `cargo bench -p pipe --bench plugins`.
+
+// Errors here only abort the benchmark.
+#![allow(clippy::result_large_err)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pipe::plugin::{Granted, Host, PluginRun, Prepared, Resolved};
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+const RUNS: usize = 7;
+const STEPS: usize = 200;
+
+fn main() {
+    let wasm = build_test_plugin();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let cache = dir.path().join("cache");
+    // SAFETY of set_var: single-threaded here, before the host starts.
+    unsafe_free_env("PIPE_CACHE_DIR", &cache);
+
+    let steps = |action: &str| {
+        let mut kdl = String::from("pipeline \"bench\" {\n    stage \"s\" {\n");
+        for i in 0..STEPS {
+            kdl.push_str(&format!("        step \"t{i}\" {{ {action} }}\n"));
+        }
+        kdl + "    }\n}\n"
+    };
+    let plugin_dir = dir.path().join("plugin");
+    let process_dir = dir.path().join("process");
+    for (d, kdl) in [
+        (&plugin_dir, steps(&format!("uses \"{}\" mode=\"noop\"", wasm.display()))),
+        (&process_dir, steps("run \"true\"")),
+    ] {
+        std::fs::create_dir_all(d).expect("mkdir");
+        std::fs::write(d.join("pipe.kdl"), kdl).expect("write");
+    }
+    let pipe = env!("CARGO_BIN_EXE_pipe");
+    run(pipe, &plugin_dir, &cache); // compiles once and fills the cache
+    let (mut plugin_times, mut process_times) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        process_times.push(run(pipe, &process_dir, &cache));
+        plugin_times.push(run(pipe, &plugin_dir, &cache));
+    }
+    let (pl, pr) = (median(&mut plugin_times), median(&mut process_times));
+    println!("{STEPS} steps in one stage, 2 at a time, through `pipe run`");
+    println!("  process steps (`true`)      {:>8.1} ms   {:>6.0} µs a step", ms(pr), us(pr) / STEPS as f64);
+    println!(
+        "  plugin steps (no-op, cached) {:>7.1} ms   {:>6.0} µs a step   plugin/process = {:.2} (target < 1)",
+        ms(pl),
+        us(pl) / STEPS as f64,
+        pl.as_secs_f64() / pr.as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let host = Host::global().expect("host");
+    let bytes = std::fs::read(&wasm).expect("read plugin");
+    let resolved = Resolved {
+        name: "hostile".into(),
+        origin: wasm.display().to_string(),
+        sha256: format!("{:x}", sha2::Sha256::digest(&bytes)),
+        bytes: bytes.into(),
+    };
+    let (mut cold, mut disk, mut memory) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let _ = std::fs::remove_dir_all(&cache);
+        host.forget_loaded();
+        cold.push(timed(|| host.load(&resolved).map(|_| ())));
+        host.forget_loaded();
+        disk.push(timed(|| host.load(&resolved).map(|_| ())));
+        memory.push(timed(|| host.load(&resolved).map(|_| ())));
+    }
+    let (component, _) = host.load(&resolved).expect("load");
+    let info = rt.block_on(host.describe("hostile", &component)).expect("describe");
+    let prepared = Arc::new(Prepared { resolved, component, info });
+    let call = |mode: &str, target: &str| PluginRun {
+        plugin: prepared.clone(),
+        config: vec![("mode".into(), mode.into()), ("target".into(), target.into())],
+        granted: Granted::default(),
+        workspace: None,
+        memory: pipe::plugin::DEFAULT_MEMORY,
+        state: pipe::state::StateStore::open(dir.path(), "bench"),
+        workdir: dir.path().to_path_buf(),
+        output_file: dir.path().join("outputs"),
+    };
+    let log = pipe::run::log::StepLog::sink("bench");
+    let cancel = CancellationToken::new();
+    let mut instantiate = Vec::new();
+    let noop = call("noop", "");
+    for _ in 0..RUNS * 5 {
+        let start = Instant::now();
+        assert!(rt.block_on(host.run(&noop, &log, &cancel)).success());
+        instantiate.push(start.elapsed());
+    }
+    const CALLS: u64 = 100_000;
+    let (none, many) = (call("calls", "0"), call("calls", &CALLS.to_string()));
+    let (mut base, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        base.push(timed(|| rt.block_on(host.run(&none, &log, &cancel)).success().then_some(()).ok_or(())));
+        full.push(timed(|| rt.block_on(host.run(&many, &log, &cancel)).success().then_some(()).ok_or(())));
+    }
+    let per_call = (median(&mut full).as_secs_f64() - median(&mut base).as_secs_f64()) / CALLS as f64;
+    println!("loading a {} KiB component", std::fs::metadata(&wasm).map(|m| m.len() / 1024).unwrap_or(0));
+    println!("  compile (cold)              {:>8.2} ms", ms(median(&mut cold)));
+    println!("  from the disk cache         {:>8.2} ms", ms(median(&mut disk)));
+    println!("  from memory (same process)  {:>8.3} ms", ms(median(&mut memory)));
+    println!("  new store + instantiate + call (no-op)  {:>6.3} ms", ms(median(&mut instantiate)));
+    println!("host call round trip (set-output)          {:>6.2} µs", per_call * 1e6);
+}
+
+fn unsafe_free_env(key: &str, value: &Path) {
+    // The bench passes the cache directory to the `pipe` it runs through the
+    // command's environment, and to the in-process host through this variable,
+    // read once when the host starts.
+    #[allow(unsafe_code)]
+    // SAFETY: no other thread exists yet.
+    unsafe {
+        std::env::set_var(key, value);
+    }
+}
+
+fn run(pipe: &str, dir: &Path, cache: &Path) -> Duration {
+    let start = Instant::now();
+    let status = Command::new(pipe)
+        .args(["run", "--jobs", "2"])
+        .current_dir(dir)
+        .env("CI", "1")
+        .env("PIPE_CACHE_DIR", cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
+    assert!(status.success(), "pipe run failed in {}", dir.display());
+    let _ = std::fs::remove_dir_all(dir.join(".pipe"));
+    start.elapsed()
+}
+
+fn timed<E: std::fmt::Debug>(f: impl FnOnce() -> Result<(), E>) -> Duration {
+    let start = Instant::now();
+    f().expect("benchmarked operation");
+    start.elapsed()
+}
+
+fn build_test_plugin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = root.join("target/wasm-plugins");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(root.join("tests/plugins/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("cargo");
+    assert!(status.success());
+    target.join("wasm32-wasip2/release/hostile.wasm")
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
