@@ -4,6 +4,7 @@
 mod support;
 
 mod cancel;
+mod containers;
 mod discovery;
 mod examples;
 mod plugins;

@@ -170,6 +170,7 @@ pub fn read_pid(path: &Path) -> i32 {
     text.trim().parse().unwrap_or_else(|_| panic!("no pid in {}: {text:?}", path.display()))
 }
 
+pub mod docker;
 pub mod servers;
 
 /// The repository's `tests/plugins` crates, built once per test process for

@@ -2,6 +2,7 @@
 //! Knows nothing about graphs, processes or tokio.
 
 mod blocks;
+mod container;
 pub mod discover;
 pub mod error;
 pub mod interp;

@@ -18,8 +18,29 @@ pub struct Pipeline {
     pub dir: PathBuf,
     pub env: Env,
     pub secrets: Secrets,
+    pub container: Option<ContainerSpec>,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
+}
+
+/// `container image="…" pull="…" { user …; memory …; cpus …; network … }`: where
+/// `run` commands execute. Set on the pipeline, a stage or a step; the innermost wins.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub image: Template,
+    pub pull: PullPolicy,
+    pub user: Option<String>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub network: Option<String>,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Never,
+    IfMissing,
+    Always,
 }
 
 /// Ordered `NAME value` pairs; later ones may refer to earlier ones.
@@ -53,6 +74,7 @@ pub struct Stage {
     pub loc: Loc,
     pub needs: Vec<Spanned<String>>,
     pub env: Env,
+    pub container: Option<ContainerSpec>,
     pub when: Vec<Condition>,
     pub matrix: Option<Matrix>,
     pub steps: Vec<Step>,
@@ -121,6 +143,7 @@ pub struct Step {
     pub timeout: Option<Spanned<Duration>>,
     pub continue_on_error: bool,
     pub env: Env,
+    pub container: Option<ContainerSpec>,
     pub workdir: Option<Template>,
 }
 

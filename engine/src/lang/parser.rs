@@ -8,14 +8,18 @@ use kdl::KdlDocument;
 
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
 use super::interp::{RefKind, Template};
-use super::model::{Action, Env, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Stage, Step, Trigger};
+use super::model::{
+    Action, ContainerSpec, Env, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Stage, Step, Trigger,
+};
 use super::plugin_step::GRANT_NODES;
 use super::reader::{Node, Spanned};
 use super::source::{Loc, Source};
 use super::template;
 
-const PIPELINE_NODES: &[&str] = &["env", "secrets", "stage", "include", "on-success", "on-failure", "always"];
-const STAGE_NODES: &[&str] = &["needs", "env", "when", "matrix", "step", "on-success", "on-failure", "always"];
+const PIPELINE_NODES: &[&str] =
+    &["env", "secrets", "container", "stage", "include", "on-success", "on-failure", "always"];
+const STAGE_NODES: &[&str] =
+    &["needs", "env", "container", "when", "matrix", "step", "on-success", "on-failure", "always"];
 const STEP_NODES: &[&str] = &[
     "run",
     "uses",
@@ -25,6 +29,7 @@ const STEP_NODES: &[&str] = &[
     "timeout",
     "continue-on-error",
     "env",
+    "container",
     "workdir",
     "allow-net",
     "allow-read",
@@ -119,6 +124,7 @@ pub(super) struct Parser {
 #[derive(Default)]
 pub(super) struct Body {
     pub env: Env,
+    pub container: Option<ContainerSpec>,
     pub secrets: Secrets,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
@@ -150,6 +156,7 @@ impl Parser {
             dir: node.src.dir().to_path_buf(),
             env: body.env,
             secrets: body.secrets,
+            container: body.container,
             stages: body.stages,
             hooks: body.hooks,
         })
@@ -161,6 +168,7 @@ impl Parser {
             match child.name() {
                 "env" => self.env_block(child, &mut body.env),
                 "secrets" => self.secrets_block(child, &mut body.secrets),
+                "container" => self.container_once(child, &mut body.container),
                 "stage" => body.stages.extend(self.stage(child)),
                 "include" => template::include(self, child, body),
                 "on-success" | "on-failure" | "always" => self.hook_block(child, &mut body.hooks),
@@ -181,6 +189,7 @@ impl Parser {
             loc: name.loc,
             needs: Vec::new(),
             env: Env::default(),
+            container: None,
             when: Vec::new(),
             matrix: None,
             steps: Vec::new(),
@@ -193,6 +202,7 @@ impl Parser {
             match child.name() {
                 "needs" => stage.needs.extend(self.needs(child)),
                 "env" => self.env_block(child, &mut stage.env),
+                "container" => self.container_once(child, &mut stage.container),
                 "when" => stage.when.extend(self.condition(child)),
                 "matrix" => {
                     if stage.matrix.is_some() {
@@ -230,6 +240,7 @@ impl Parser {
             timeout: None,
             continue_on_error: false,
             env: Env::default(),
+            container: None,
             workdir: None,
         };
         if let Some(e) = node.prop("needs") {
@@ -268,6 +279,7 @@ impl Parser {
                     };
                 }
                 "env" => self.env_block(child, &mut step.env),
+                "container" => self.container_once(child, &mut step.container),
                 "workdir" => {
                     self.leaf(child, &[], 1);
                     step.workdir = child.arg_string("a directory", &mut self.errs).map(|d| self.template(&d));

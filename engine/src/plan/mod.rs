@@ -14,7 +14,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::lang::Loc;
 use crate::lang::interp::Template;
-use crate::lang::model::{Action, Condition, Env, Retry, Secrets, Trigger};
+use crate::lang::model::{Action, Condition, ContainerSpec, Env, Retry, Secrets, Trigger};
 
 pub use error::PlanError;
 pub use export::GraphFormat;
@@ -55,6 +55,8 @@ pub struct PlannedStep {
     pub timeout: Option<Duration>,
     pub continue_on_error: bool,
     pub workdir: Option<Template>,
+    /// Where a `run` step executes: the innermost `container`, if any.
+    pub container: Option<ContainerSpec>,
     pub loc: Loc,
 }
 

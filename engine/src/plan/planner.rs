@@ -151,6 +151,7 @@ impl Planner<'_> {
             timeout: step.timeout.as_ref().map(|t| t.value),
             continue_on_error: step.continue_on_error,
             workdir: step.workdir.clone(),
+            container: step.container.clone().or_else(|| stage.container.clone()).or_else(|| self.p.container.clone()),
             loc: step.loc.clone(),
         })
     }
@@ -292,6 +293,7 @@ impl Planner<'_> {
             timeout: step.timeout.as_ref().map(|t| t.value),
             continue_on_error: step.continue_on_error,
             workdir: step.workdir.clone(),
+            container: step.container.clone().or_else(|| self.p.container.clone()),
             loc: step.loc.clone(),
         })
     }
@@ -525,6 +527,7 @@ pub(super) fn templates_mut(step: &mut PlannedStep) -> Vec<&mut Template> {
         out.extend(env.0.iter_mut().map(|v| &mut v.value));
     }
     out.extend(step.workdir.as_mut());
+    out.extend(step.container.as_mut().map(|c| &mut c.image));
     out
 }
 

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::container::{self, ContainerRun};
 use super::executor::Invocation;
 use super::git::GitInfo;
 use super::mask::Masker;
 use super::process::{ProcessSpec, ProgramCache};
 use crate::lang::interp::{RefKind, Reference};
-use crate::lang::model::{Action, Condition, Outcome, PluginCall, RunCommand, Test};
+use crate::lang::model::{Action, Condition, ContainerSpec, Outcome, PluginCall, RunCommand, Test};
 use crate::plan::PlannedStep;
 use crate::plugin::{DEFAULT_MEMORY, Granted, PluginRun, Prepared};
 use crate::state::StepRecord;
@@ -85,6 +86,9 @@ impl RunContext {
             Action::Plugin(call) => return self.render_plugin(step, call, view, &env, workdir, output_file),
         };
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
+        if let Some(spec) = &step.container {
+            return self.render_container(step, spec, &script, shell.as_deref(), env, output_file);
+        }
         let (program, args) = command_line(&script, shell.as_deref());
         let program = self.programs.resolve(&program, env.contains_key("PATH"));
         let mut vars: Vec<(String, String)> = env.into_iter().collect();
@@ -97,6 +101,78 @@ impl RunContext {
             display: self.masker.mask(&script),
             invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir }),
         })
+    }
+
+    fn render_container(
+        &self,
+        step: &PlannedStep,
+        spec: &ContainerSpec,
+        script: &str,
+        shell: Option<&[String]>,
+        env: BTreeMap<String, String>,
+        output_file: &Path,
+    ) -> Result<Rendered, String> {
+        let view_env = |r: &crate::lang::interp::Reference| -> Result<String, String> {
+            match &r.kind {
+                RefKind::Env(name) => env
+                    .get(name)
+                    .or_else(|| self.env.get(name))
+                    .cloned()
+                    .ok_or_else(|| format!("`{}` is not set", r.text)),
+                RefKind::GitSha => Ok(self.git.sha.clone()),
+                RefKind::GitBranch => Ok(self.git.branch.clone()),
+                RefKind::RunId => Ok(self.run_id.clone()),
+                RefKind::Matrix(k) => step.matrix.get(k).cloned().ok_or_else(|| format!("`{}`: no such axis", r.text)),
+                _ => Err(format!("`{}` cannot name an image", r.text)),
+            }
+        };
+        let image = spec.image.render(view_env)?;
+        let (program, args) = command_line(script, shell);
+        let workdir = match &step.workdir {
+            Some(w) => format!(
+                "{}/{}",
+                container::WORKSPACE,
+                w.render(|_| Err::<String, String>("references in a container workdir are not supported".into()))?
+            ),
+            None => container::WORKSPACE.to_string(),
+        };
+        let output_name = output_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut vars: Vec<(String, String)> = env.into_iter().collect();
+        vars.push(("PIPE_OUTPUT".into(), format!("{}/{output_name}", container::OUTPUTS)));
+        vars.push(("PIPE_RUN_ID".into(), self.run_id.clone()));
+        vars.push(("PIPE_PIPELINE".into(), self.pipeline.clone()));
+        vars.push(("PIPE_STEP".into(), step.id.clone()));
+        vars.push(("PIPE_WORKSPACE".into(), container::WORKSPACE.into()));
+        let labels: HashMap<String, String> = [
+            ("pipe.run", self.run_id.as_str()),
+            ("pipe.pipeline", self.pipeline.as_str()),
+            ("pipe.step", step.id.as_str()),
+            ("pipe.pid", &std::process::id().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let name: String = format!("pipe-{}-{}", self.run_id, step.id)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+            .collect();
+        let run = ContainerRun {
+            name,
+            image,
+            pull: spec.pull,
+            cmd: std::iter::once(program).chain(args).collect(),
+            env: vars,
+            user: spec.user.clone(),
+            memory: spec.memory,
+            cpus: spec.cpus,
+            network: spec.network.clone(),
+            workspace: self.dir.clone(),
+            outputs: output_file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            workdir,
+            labels,
+        };
+        let display = self.masker.mask(&format!("[{}] {script}", run.image));
+        Ok(Rendered { invocation: Invocation::Container(Box::new(run)), display })
     }
 
     fn render_plugin(

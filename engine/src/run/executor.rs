@@ -4,6 +4,7 @@
 
 use tokio_util::sync::CancellationToken;
 
+use super::container::{self, ContainerRun};
 use super::log::StepLog;
 use super::process::{self, ProcessSpec};
 use crate::plugin::{Host, PluginRun};
@@ -12,6 +13,7 @@ use crate::plugin::{Host, PluginRun};
 #[derive(Debug)]
 pub enum Invocation {
     Process(ProcessSpec),
+    Container(Box<ContainerRun>),
     Plugin(Box<PluginRun>),
 }
 
@@ -52,6 +54,7 @@ impl Exit {
 pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &CancellationToken) -> Exit {
     match invocation {
         Invocation::Process(spec) => process::run(spec, log, cancel).await,
+        Invocation::Container(spec) => container::run(spec, log, cancel).await,
         Invocation::Plugin(call) => match Host::global() {
             Ok(host) => host.run(call, log, cancel).await,
             Err(e) => Exit::Error(e.to_string()),

@@ -2,6 +2,7 @@
 //! masking, outputs and logs. Never re-reads KDL: it only sees a [`Plan`].
 
 mod attempt;
+pub mod container;
 pub mod context;
 pub mod event;
 pub mod executor;
@@ -49,6 +50,10 @@ pub enum RunError {
     #[diagnostic(code(run::secrets))]
     Secrets(String),
 
+    #[error("{0}")]
+    #[diagnostic(code(run::docker), help("start the Docker Engine, or point DOCKER_HOST at one"))]
+    Docker(String),
+
     #[error("{} plugin problem(s); nothing was started", .0.len())]
     #[diagnostic(code(run::plugins))]
     Plugins(#[related] Vec<crate::plugin::PluginError>),
@@ -60,6 +65,14 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let secrets = secrets::load(&plan.secrets, &env).map_err(RunError::Secrets)?;
     let masker = mask::Masker::new(secrets.values().map(String::as_str));
+    // One clear error before any step starts, not one per container step.
+    let uses_docker = plan
+        .graph
+        .node_weights()
+        .any(|s| s.container.is_some() && matches!(s.action, crate::lang::model::Action::Run(_)));
+    if uses_docker {
+        container::client().await.map_err(RunError::Docker)?;
+    }
     let plugins =
         crate::plugin::prepare(plan, &opts.root, crate::plugin::LockMode::Pin).await.map_err(RunError::Plugins)?;
     let ctx = Arc::new(RunContext {

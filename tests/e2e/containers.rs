@@ -1,0 +1,96 @@
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::docker::{Image, containers_with};
+use crate::support::{Test, wait_until};
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    )
+}
+
+#[test]
+fn container_steps_run_in_the_image_with_workspace_env_secrets_and_outputs() {
+    let image = Image::busybox();
+    let name = unique("ctr");
+    let out = Test::new()
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    secrets {{ from-env "C_TOKEN" }}
+    stage "build" {{
+        container image="{tag}" pull="never" {{ memory "256MiB"; cpus 1; network "none" }}
+        step "inside" {{
+            run "test -x /bin/busybox; pwd; echo token=$TOKEN; echo made-inside > made.txt; echo answer=42 >> $PIPE_OUTPUT; echo oops >&2"
+            env {{ TOKEN "${{secrets.C_TOKEN}}" }}
+        }}
+        step "failing" {{ run "exit 7"; continue-on-error #true }}
+    }}
+    stage "check" {{
+        needs "build"
+        step "on-host" {{ run "grep -q made-inside made.txt && test '${{steps.build.inside.outputs.answer}}' = 42" }}
+    }}
+}}
+"#,
+            tag = image.tag
+        ))
+        .env("C_TOKEN", "container-secret-value")
+        .args(&["run", "--format", "json"])
+        .expect(0);
+    assert!(out.stdout.contains(r#""line":"/workspace""#), "{}", out.stdout);
+    assert!(out.stdout.contains(r#""line":"token=***""#), "{}", out.stdout);
+    assert!(out.stdout.contains(r#""stream":"stderr","line":"oops""#), "{}", out.stdout);
+    assert!(!out.stdout.contains("container-secret-value"));
+    assert_eq!(out.step("build.failing")["exit_code"], 7);
+    assert_eq!(out.status("check.on-host"), "succeeded");
+    assert!(containers_with("pipe.pipeline", &name).is_empty(), "no container is left behind");
+}
+
+#[test]
+fn a_timed_out_container_step_is_stopped_and_removed() {
+    let image = Image::busybox();
+    let name = unique("ctr-timeout");
+    let out = Test::new()
+        .pipeline(&format!(
+            r#"pipeline "{name}" {{ container image="{}" pull="never"; stage "s" {{ step "slow" {{ run "sleep 30"; timeout "1s" }} }} }}"#,
+            image.tag
+        ))
+        .args(&["run"])
+        .expect(1);
+    assert!(out.step("s.slow")["reason"].as_str().unwrap_or("").contains("timed out after 1s"));
+    assert!(containers_with("pipe.pipeline", &name).is_empty());
+}
+
+#[test]
+fn ctrl_c_stops_and_removes_running_containers() {
+    let image = Image::busybox();
+    let name = unique("ctr-int");
+    let test = Test::new()
+        .pipeline(&format!(
+            r#"pipeline "{name}" {{ container image="{}" pull="never"; stage "s" {{ step "long" {{ run "sleep 60" }} }} }}"#,
+            image.tag
+        ))
+        .args(&["run"]);
+    let mut child = test.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    wait_until("the container to start", || !containers_with("pipe.pipeline", &name).is_empty());
+    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), Signal::SIGINT).expect("SIGINT");
+    assert_eq!(child.wait().expect("wait").code(), Some(130));
+    assert!(containers_with("pipe.pipeline", &name).is_empty());
+    let _ = test.into_output();
+}
+
+#[test]
+fn a_missing_image_with_pull_never_fails_clearly() {
+    let out = Test::new()
+        .pipeline(r#"pipeline "p" { container image="pipe-test-absent:never" pull="never"; stage "s" { step "x" { run "true" } } }"#)
+        .args(&["run"])
+        .expect(1);
+    let reason = out.step("s.x")["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("image `pipe-test-absent:never` is not present and pull=\"never\""), "{reason}");
+    assert!(reason.contains("docker build") && reason.contains("docker load"), "{reason}");
+}
