@@ -94,3 +94,37 @@ fn a_missing_image_with_pull_never_fails_clearly() {
     assert!(reason.contains("image `pipe-test-absent:never` is not present and pull=\"never\""), "{reason}");
     assert!(reason.contains("docker build") && reason.contains("docker load"), "{reason}");
 }
+
+#[test]
+fn gc_removes_what_a_killed_run_left_behind() {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::CreateContainerOptions;
+    let image = Image::busybox();
+    let name = unique("ctr-gc");
+    let dead_pid = {
+        let mut c = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = c.id();
+        c.wait().expect("wait");
+        pid
+    };
+    let rt = crate::support::docker::runtime();
+    let docker = crate::support::docker::docker(&rt);
+    let labels = [("pipe.run", "dead-run"), ("pipe.pipeline", name.as_str()), ("pipe.pid", &dead_pid.to_string())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let body = ContainerCreateBody {
+        image: Some(image.tag.clone()),
+        cmd: Some(vec!["sleep".into(), "60".into()]),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    rt.block_on(
+        docker.create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body),
+    )
+    .expect("create");
+    assert_eq!(containers_with("pipe.pipeline", &name).len(), 1);
+    let out = Test::new().args(&["gc"]).expect(0);
+    assert!(out.stdout.contains("removed"), "{}", out.stdout);
+    assert!(containers_with("pipe.pipeline", &name).is_empty());
+}

@@ -31,6 +31,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Logs { run, step } => logs(root, &run, step.as_deref()),
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
+        Command::Gc => gc(),
     }
 }
 
@@ -277,6 +278,24 @@ fn logs(root: &Path, run: &str, step: Option<&str>) -> u8 {
         let _ = write!(out, "{text}");
     }
     exit::OK
+}
+
+fn gc() -> u8 {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return exit::FAILED };
+    let result = rt.block_on(async {
+        let docker = run::container::client().await?;
+        run::container::collect_garbage(docker).await
+    });
+    match result {
+        Ok(n) => {
+            println!("removed {n} container(s) and network(s) of dead runs");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILED
+        }
+    }
 }
 
 fn state(root: &Path, pipeline: &str, action: Option<StateAction>) -> u8 {

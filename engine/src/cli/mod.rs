@@ -87,6 +87,8 @@ pub enum Command {
         /// A step id (`stage.step`), or any unique end of one.
         step: Option<String>,
     },
+    /// Remove containers and networks left behind by runs that died.
+    Gc,
     /// Write, build, inspect and try plugins; pin their digests.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),

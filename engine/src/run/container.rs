@@ -212,3 +212,47 @@ async fn ensure_image(docker: &Docker, image: &str, pull: PullPolicy, log: &Step
         }
     }
 }
+
+/// Removes containers and networks that runs which no longer exist left behind
+/// (a `pipe` killed outright cannot clean up after itself). Returns how many.
+pub async fn collect_garbage(docker: &Docker) -> Result<usize, String> {
+    use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
+    let dead = |labels: Option<&HashMap<String, String>>| {
+        labels.and_then(|l| l.get("pipe.pid")).and_then(|p| p.parse::<i32>().ok()).is_some_and(|pid| {
+            pid != std::process::id() as i32 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        })
+    };
+    let filters: HashMap<String, Vec<String>> =
+        [("label".to_string(), vec!["pipe.run".to_string()])].into_iter().collect();
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| format!("cannot list containers: {e}"))?;
+    let mut removed = 0;
+    for c in containers.iter().filter(|c| dead(c.labels.as_ref())) {
+        if let Some(id) = &c.id
+            && docker
+                .remove_container(id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }))
+                .await
+                .is_ok()
+        {
+            removed += 1;
+        }
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+        .await
+        .map_err(|e| format!("cannot list networks: {e}"))?;
+    for n in networks.iter().filter(|n| dead(n.labels.as_ref())) {
+        if let Some(id) = &n.id
+            && docker.remove_network(id).await.is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

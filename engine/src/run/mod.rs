@@ -71,7 +71,12 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         .node_weights()
         .any(|s| s.container.is_some() && matches!(s.action, crate::lang::model::Action::Run(_)));
     if uses_docker {
-        container::client().await.map_err(RunError::Docker)?;
+        let docker = container::client().await.map_err(RunError::Docker)?;
+        match container::collect_garbage(docker).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed leftovers of dead runs"),
+            Err(e) => tracing::warn!(error = %e, "could not look for leftovers of dead runs"),
+        }
     }
     let plugins =
         crate::plugin::prepare(plan, &opts.root, crate::plugin::LockMode::Pin).await.map_err(RunError::Plugins)?;
