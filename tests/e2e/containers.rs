@@ -128,3 +128,39 @@ fn gc_removes_what_a_killed_run_left_behind() {
     assert!(out.stdout.contains("removed"), "{}", out.stdout);
     assert!(containers_with("pipe.pipeline", &name).is_empty());
 }
+
+#[test]
+fn image_build_then_a_step_in_the_built_image() {
+    let base = Image::busybox();
+    let name = unique("ctr-build");
+    let built = Image { tag: format!("{name}:1") };
+    let extra = Image { tag: format!("{name}:latest") };
+    let out = Test::new()
+        .file("app/Dockerfile", &format!("FROM {}\nARG GREETING\nCOPY . /ctx\nRUN echo \"$GREETING\" > /greeting\n", base.tag))
+        .file("app/hello.txt", "hello\n")
+        .file("app/secret.txt", "do not ship\n")
+        .file("app/.dockerignore", "secret.txt\n")
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    stage "image" {{
+        step "build" {{
+            image-build context="app" tag="{tag}" {{ arg "GREETING" "built by pipe"; label "team" "orders"; tag "{extra}" }}
+        }}
+    }}
+    stage "use" {{
+        needs "image"
+        container image="${{steps.image.build.outputs.tag}}" pull="never"
+        step "inside" {{ run "cat /greeting; test -f /ctx/hello.txt; test ! -e /ctx/secret.txt" }}
+    }}
+}}
+"#,
+            tag = built.tag,
+            extra = extra.tag
+        ))
+        .args(&["run"])
+        .expect(0);
+    assert!(out.stdout.contains("use.inside │ built by pipe"), "{}", out.stdout);
+    assert!(out.step("image.build")["outputs"]["image-id"].as_str().unwrap_or("").starts_with("sha256:"));
+    assert!(containers_with("pipe.pipeline", &name).is_empty());
+}

@@ -2,7 +2,7 @@
 
 use kdl::KdlValue;
 
-use super::model::{ContainerSpec, PullPolicy};
+use super::model::{Action, ContainerSpec, ImageBuild, PullPolicy};
 use super::parser::Parser;
 use super::reader::Node;
 
@@ -75,5 +75,48 @@ impl Parser {
             }
         }
         Some(spec)
+    }
+}
+
+impl Parser {
+    pub(super) fn image_build(&mut self, node: Node) -> Option<Action> {
+        node.check_props(&["context", "tag", "dockerfile", "target"], &mut self.errs);
+        node.check_arg_count(0, &mut self.errs);
+        let context = node.prop_string("context", &mut self.errs).map(|c| self.template(&c));
+        let context = context.unwrap_or_else(|| super::interp::Template::literal(".", node.loc()));
+        let mut build = ImageBuild {
+            context,
+            dockerfile: node.prop_string("dockerfile", &mut self.errs).map(|d| d.value),
+            target: node.prop_string("target", &mut self.errs).map(|t| t.value),
+            tags: node.prop_string("tag", &mut self.errs).map(|t| self.template(&t)).into_iter().collect(),
+            args: Vec::new(),
+            labels: Vec::new(),
+        };
+        for child in node.children() {
+            self.leaf(child, &[], 2);
+            let values = child.arg_texts(child.name(), &mut self.errs);
+            match (child.name(), values.as_slice()) {
+                ("tag", [tag]) => build.tags.push(self.template(tag)),
+                ("arg" | "label", [key, value]) => {
+                    let pair = (key.value.clone(), self.template(value));
+                    if child.name() == "arg" { build.args.push(pair) } else { build.labels.push(pair) }
+                }
+                ("tag" | "arg" | "label", _) => {
+                    let shape = if child.name() == "tag" { "tag \"name:version\"" } else { "NAME \"value\"" };
+                    self.errs.invalid(&child.loc(), child.name(), format!("write it as {shape}"), None);
+                }
+                (other, _) => self.unknown(child, "an `image-build` block", &["arg", "label", "tag"], other),
+            }
+        }
+        if build.tags.is_empty() {
+            self.errs.push(super::error::LangError::Missing {
+                node: "image-build".into(),
+                what: "a tag".into(),
+                src: node.src.named(),
+                span: node.kdl.span(),
+                help: Some("image-build context=\".\" tag=\"app:${git.sha}\"".into()),
+            });
+        }
+        Some(Action::ImageBuild(build))
     }
 }

@@ -153,6 +153,19 @@ pub struct Step {
 pub enum Action {
     Run(RunCommand),
     Plugin(PluginCall),
+    ImageBuild(ImageBuild),
+}
+
+/// `image-build context="." tag="app:1" dockerfile="Dockerfile" target="…" { arg K "v"; label K "v"; tag "more" }`.
+#[derive(Clone, Debug)]
+pub struct ImageBuild {
+    pub context: Template,
+    pub dockerfile: Option<String>,
+    pub target: Option<String>,
+    /// The first tag names the image; the rest are added after the build.
+    pub tags: Vec<Template>,
+    pub args: Vec<(String, Template)>,
+    pub labels: Vec<(String, Template)>,
 }
 
 /// `uses "name" key=value…` with the step's `allow-*` grants.

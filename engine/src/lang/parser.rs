@@ -23,6 +23,7 @@ const STAGE_NODES: &[&str] =
 const STEP_NODES: &[&str] = &[
     "run",
     "uses",
+    "image-build",
     "needs",
     "when",
     "retry",
@@ -251,11 +252,15 @@ impl Parser {
         let mut first_grant: Option<Loc> = None;
         for child in node.children() {
             match child.name() {
-                "run" | "uses" => {
+                "run" | "uses" | "image-build" => {
                     if action.is_some() {
                         self.errs.syntax(&child.name_loc(), "a step does one thing", "second action");
                     }
-                    action = if child.name() == "run" { self.run(child) } else { self.uses(child) };
+                    action = match child.name() {
+                        "run" => self.run(child),
+                        "uses" => self.uses(child),
+                        _ => self.image_build(child),
+                    };
                 }
                 name if GRANT_NODES.contains(&name) => {
                     first_grant.get_or_insert_with(|| child.name_loc());
@@ -288,8 +293,10 @@ impl Parser {
             }
         }
         // A misspelt or malformed action was reported already; "missing" would repeat it.
-        let misspelt =
-            node.children().iter().any(|c| !STEP_NODES.contains(&c.name()) || c.name() == "run" || c.name() == "uses");
+        let misspelt = node
+            .children()
+            .iter()
+            .any(|c| !STEP_NODES.contains(&c.name()) || ["run", "uses", "image-build"].contains(&c.name()));
         let memory = self.memory(node);
         match (&mut action, first_grant, memory) {
             (Some(Action::Plugin(call)), _, _) => {

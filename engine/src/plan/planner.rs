@@ -522,6 +522,11 @@ pub(super) fn templates_mut(step: &mut PlannedStep) -> Vec<&mut Template> {
     match &mut step.action {
         Action::Run(run) => out.push(&mut run.script),
         Action::Plugin(call) => out.extend(call.config.iter_mut().map(|(_, t)| t)),
+        Action::ImageBuild(b) => {
+            out.push(&mut b.context);
+            out.extend(b.tags.iter_mut());
+            out.extend(b.args.iter_mut().chain(b.labels.iter_mut()).map(|(_, t)| t));
+        }
     }
     for env in &mut step.env {
         out.extend(env.0.iter_mut().map(|v| &mut v.value));

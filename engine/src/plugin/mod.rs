@@ -61,7 +61,7 @@ pub async fn prepare(
         .node_weights()
         .filter_map(|s| match &s.action {
             Action::Plugin(call) => Some((s.id.as_str(), call)),
-            Action::Run(_) => None,
+            Action::Run(_) | Action::ImageBuild(_) => None,
         })
         .collect();
     if calls.is_empty() {

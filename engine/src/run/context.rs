@@ -8,10 +8,11 @@ use std::sync::Arc;
 use super::container::{self, ContainerRun};
 use super::executor::Invocation;
 use super::git::GitInfo;
+use super::image::ImageBuildRun;
 use super::mask::Masker;
 use super::process::{ProcessSpec, ProgramCache};
 use crate::lang::interp::{RefKind, Reference};
-use crate::lang::model::{Action, Condition, ContainerSpec, Outcome, PluginCall, RunCommand, Test};
+use crate::lang::model::{Action, Condition, ContainerSpec, ImageBuild, Outcome, PluginCall, RunCommand, Test};
 use crate::plan::PlannedStep;
 use crate::plugin::{DEFAULT_MEMORY, Granted, PluginRun, Prepared};
 use crate::state::StepRecord;
@@ -84,10 +85,12 @@ impl RunContext {
         let (script, shell) = match &step.action {
             Action::Run(RunCommand { script, shell }) => (script, shell),
             Action::Plugin(call) => return self.render_plugin(step, call, view, &env, workdir, output_file),
+            Action::ImageBuild(build) => return self.render_image_build(step, build, view, &env, output_file),
         };
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
         if let Some(spec) = &step.container {
-            return self.render_container(step, spec, &script, shell.as_deref(), env, output_file);
+            let image = spec.image.render(|r| self.resolve(r, step, view, &env))?;
+            return self.render_container(step, spec, image, &script, shell.as_deref(), env, output_file);
         }
         let (program, args) = command_line(&script, shell.as_deref());
         let program = self.programs.resolve(&program, env.contains_key("PATH"));
@@ -107,26 +110,12 @@ impl RunContext {
         &self,
         step: &PlannedStep,
         spec: &ContainerSpec,
+        image: String,
         script: &str,
         shell: Option<&[String]>,
         env: BTreeMap<String, String>,
         output_file: &Path,
     ) -> Result<Rendered, String> {
-        let view_env = |r: &crate::lang::interp::Reference| -> Result<String, String> {
-            match &r.kind {
-                RefKind::Env(name) => env
-                    .get(name)
-                    .or_else(|| self.env.get(name))
-                    .cloned()
-                    .ok_or_else(|| format!("`{}` is not set", r.text)),
-                RefKind::GitSha => Ok(self.git.sha.clone()),
-                RefKind::GitBranch => Ok(self.git.branch.clone()),
-                RefKind::RunId => Ok(self.run_id.clone()),
-                RefKind::Matrix(k) => step.matrix.get(k).cloned().ok_or_else(|| format!("`{}`: no such axis", r.text)),
-                _ => Err(format!("`{}` cannot name an image", r.text)),
-            }
-        };
-        let image = spec.image.render(view_env)?;
         let (program, args) = command_line(script, shell);
         let workdir = match &step.workdir {
             Some(w) => format!(
@@ -173,6 +162,34 @@ impl RunContext {
         };
         let display = self.masker.mask(&format!("[{}] {script}", run.image));
         Ok(Rendered { invocation: Invocation::Container(Box::new(run)), display })
+    }
+
+    fn render_image_build(
+        &self,
+        step: &PlannedStep,
+        build: &ImageBuild,
+        view: &View,
+        env: &BTreeMap<String, String>,
+        output_file: &Path,
+    ) -> Result<Rendered, String> {
+        let render = |t: &crate::lang::interp::Template| t.render(|r| self.resolve(r, step, view, env));
+        let pairs = |list: &[(String, crate::lang::interp::Template)]| -> Result<HashMap<String, String>, String> {
+            list.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect()
+        };
+        let mut labels = pairs(&build.labels)?;
+        labels.insert("pipe.pipeline".into(), self.pipeline.clone());
+        labels.insert("pipe.run".into(), self.run_id.clone());
+        let run = ImageBuildRun {
+            context: self.dir.join(render(&build.context)?),
+            dockerfile: build.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into()),
+            target: build.target.clone(),
+            tags: build.tags.iter().map(render).collect::<Result<_, _>>()?,
+            args: pairs(&build.args)?,
+            labels,
+            output_file: output_file.to_path_buf(),
+        };
+        let display = self.masker.mask(&format!("image-build {} -t {}", run.context.display(), run.tags.join(" -t ")));
+        Ok(Rendered { invocation: Invocation::ImageBuild(Box::new(run)), display })
     }
 
     fn render_plugin(

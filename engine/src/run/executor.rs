@@ -5,6 +5,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::container::{self, ContainerRun};
+use super::image::{self, ImageBuildRun};
 use super::log::StepLog;
 use super::process::{self, ProcessSpec};
 use crate::plugin::{Host, PluginRun};
@@ -14,6 +15,7 @@ use crate::plugin::{Host, PluginRun};
 pub enum Invocation {
     Process(ProcessSpec),
     Container(Box<ContainerRun>),
+    ImageBuild(Box<ImageBuildRun>),
     Plugin(Box<PluginRun>),
 }
 
@@ -55,6 +57,7 @@ pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &Cancellati
     match invocation {
         Invocation::Process(spec) => process::run(spec, log, cancel).await,
         Invocation::Container(spec) => container::run(spec, log, cancel).await,
+        Invocation::ImageBuild(spec) => image::run(spec, log, cancel).await,
         Invocation::Plugin(call) => match Host::global() {
             Ok(host) => host.run(call, log, cancel).await,
             Err(e) => Exit::Error(e.to_string()),

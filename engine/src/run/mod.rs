@@ -7,6 +7,7 @@ pub mod context;
 pub mod event;
 pub mod executor;
 pub mod git;
+pub mod image;
 pub mod log;
 pub mod mask;
 pub mod outputs;
@@ -66,10 +67,11 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     let secrets = secrets::load(&plan.secrets, &env).map_err(RunError::Secrets)?;
     let masker = mask::Masker::new(secrets.values().map(String::as_str));
     // One clear error before any step starts, not one per container step.
-    let uses_docker = plan
-        .graph
-        .node_weights()
-        .any(|s| s.container.is_some() && matches!(s.action, crate::lang::model::Action::Run(_)));
+    let uses_docker = plan.graph.node_weights().any(|s| match s.action {
+        crate::lang::model::Action::Run(_) => s.container.is_some(),
+        crate::lang::model::Action::ImageBuild(_) => true,
+        crate::lang::model::Action::Plugin(_) => false,
+    });
     if uses_docker {
         let docker = container::client().await.map_err(RunError::Docker)?;
         match container::collect_garbage(docker).await {

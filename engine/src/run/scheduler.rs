@@ -205,7 +205,7 @@ impl<'p> Scheduler<'p> {
         let cancel = if step.role.is_hook() { self.cancel_all.child_token() } else { self.cancel.child_token() };
         let plugin = match &rendered.invocation {
             crate::run::executor::Invocation::Plugin(call) => Some(call.plugin.label()),
-            crate::run::executor::Invocation::Process(_) | crate::run::executor::Invocation::Container(_) => None,
+            _ => None,
         };
         Ok(Job {
             step: step.id.clone(),

@@ -1,0 +1,111 @@
+//! The `image-build` executor: tars the context (honouring `.dockerignore`),
+//! builds through the Engine API, streams the build output into the step's log,
+//! tags the result, and sets `image-id` and `tag` as step outputs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::executor::Exit;
+use super::log::StepLog;
+
+#[derive(Clone, Debug)]
+pub struct ImageBuildRun {
+    pub context: PathBuf,
+    pub dockerfile: String,
+    pub target: Option<String>,
+    pub tags: Vec<String>,
+    pub args: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
+    pub output_file: PathBuf,
+}
+
+pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
+    let docker = match super::container::client().await {
+        Ok(d) => d,
+        Err(e) => return Exit::Error(e),
+    };
+    let Some(tag) = spec.tags.first() else { return Exit::Error("image-build needs a tag".into()) };
+    let context = match tar_context(spec) {
+        Ok(bytes) => bytes,
+        Err(e) => return Exit::Error(e),
+    };
+    let options = BuildImageOptions {
+        t: Some(tag.clone()),
+        dockerfile: spec.dockerfile.clone(),
+        target: spec.target.clone().unwrap_or_default(),
+        buildargs: Some(spec.args.clone()),
+        labels: Some(spec.labels.clone()),
+        rm: true,
+        forcerm: true,
+        ..Default::default()
+    };
+    let build = async {
+        let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut partial = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| format!("the build failed: {e}"))?;
+            if let Some(text) = info.stream {
+                partial.push_str(&text);
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    log.line(super::Stream::Stdout, line.trim_end());
+                }
+            }
+            if let Some(detail) = info.error_detail {
+                return Err(format!("the build failed: {}", detail.message.unwrap_or_default()));
+            }
+        }
+        Ok(())
+    };
+    let built = tokio::select! {
+        r = build => r,
+        () = cancel.cancelled() => return Exit::Cancelled,
+    };
+    if let Err(e) = built {
+        return Exit::Failed(e);
+    }
+    let id = match docker.inspect_image(tag).await {
+        Ok(image) => image.id.unwrap_or_default(),
+        Err(e) => return Exit::Error(format!("built `{tag}` but cannot inspect it: {e}")),
+    };
+    for extra in &spec.tags[1..] {
+        let (repo, version) = extra.rsplit_once(':').unwrap_or((extra, "latest"));
+        let options = TagImageOptions { repo: Some(repo.to_string()), tag: Some(version.to_string()) };
+        if let Err(e) = docker.tag_image(&id, Some(options)).await {
+            return Exit::Error(format!("cannot tag the image as `{extra}`: {e}"));
+        }
+    }
+    let outputs: BTreeMap<String, String> = [("image-id".to_string(), id), ("tag".to_string(), tag.clone())].into();
+    match std::fs::write(&spec.output_file, super::outputs::render(&outputs)) {
+        Ok(()) => Exit::Code(0),
+        Err(e) => Exit::Error(format!("cannot record the build's outputs: {e}")),
+    }
+}
+
+/// The build context as a tar archive, without what `.dockerignore` excludes.
+fn tar_context(spec: &ImageBuildRun) -> Result<Vec<u8>, String> {
+    if !spec.context.is_dir() {
+        return Err(format!("the build context {} is not a directory", spec.context.display()));
+    }
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(false);
+    let walk = ignore::WalkBuilder::new(&spec.context)
+        .standard_filters(false)
+        .add_custom_ignore_filename(".dockerignore")
+        .build();
+    for entry in walk.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(rel) = path.strip_prefix(&spec.context) else { continue };
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        archive
+            .append_path_with_name(path, rel)
+            .map_err(|e| format!("cannot add {} to the build context: {e}", path.display()))?;
+    }
+    archive.into_inner().map_err(|e| format!("cannot write the build context: {e}"))
+}
