@@ -90,7 +90,11 @@ impl RunContext {
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
         if let Some(spec) = &step.container {
             let image = spec.image.render(|r| self.resolve(r, step, view, &env))?;
-            return self.render_container(step, spec, image, &script, shell.as_deref(), env, output_file);
+            let (program, args) = command_line(&script, shell.as_deref());
+            let cmd = std::iter::once(program).chain(args).collect();
+            let run = self.render_container(step, spec, image, cmd, env, output_file)?;
+            let display = self.masker.mask(&format!("[{}] {script}", run.image));
+            return Ok(Rendered { invocation: Invocation::Container(Box::new(run)), display });
         }
         let (program, args) = command_line(&script, shell.as_deref());
         let program = self.programs.resolve(&program, env.contains_key("PATH"));
@@ -111,12 +115,10 @@ impl RunContext {
         step: &PlannedStep,
         spec: &ContainerSpec,
         image: String,
-        script: &str,
-        shell: Option<&[String]>,
+        cmd: Vec<String>,
         env: BTreeMap<String, String>,
         output_file: &Path,
-    ) -> Result<Rendered, String> {
-        let (program, args) = command_line(script, shell);
+    ) -> Result<ContainerRun, String> {
         let workdir = match &step.workdir {
             Some(w) => format!(
                 "{}/{}",
@@ -149,7 +151,7 @@ impl RunContext {
             name,
             image,
             pull: spec.pull,
-            cmd: std::iter::once(program).chain(args).collect(),
+            cmd,
             env: vars,
             user: spec.user.clone(),
             memory: spec.memory,
@@ -160,8 +162,7 @@ impl RunContext {
             workdir,
             labels,
         };
-        let display = self.masker.mask(&format!("[{}] {script}", run.image));
-        Ok(Rendered { invocation: Invocation::Container(Box::new(run)), display })
+        Ok(run)
     }
 
     fn render_image_build(
