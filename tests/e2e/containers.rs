@@ -164,3 +164,53 @@ pipeline "{name}" {{
     assert!(out.step("image.build")["outputs"]["image-id"].as_str().unwrap_or("").starts_with("sha256:"));
     assert!(containers_with("pipe.pipeline", &name).is_empty());
 }
+
+#[test]
+fn a_service_is_reachable_by_name_and_removed_after_the_run() {
+    let image = Image::busybox();
+    let name = unique("ctr-svc");
+    let out = Test::new()
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    service "web" image="{tag}" pull="never" {{
+        cmd "mkdir -p /www && echo pong > /www/ping && httpd -f -p 8080 -h /www"
+        health-cmd "wget -q -O- http://127.0.0.1:8080/ping" timeout="20s"
+        port 8080
+    }}
+    stage "s" {{
+        container image="{tag}" pull="never"
+        step "call" {{ run "wget -q -O- http://web:8080/ping" }}
+    }}
+}}
+"#,
+            tag = image.tag
+        ))
+        .args(&["run"])
+        .expect(0);
+    assert!(out.stdout.contains("s.call │ pong"), "{}", out.stdout);
+    assert!(containers_with("pipe.pipeline", &name).is_empty());
+    assert!(crate::support::docker::networks_with("pipe.pipeline", &name).is_empty());
+}
+
+#[test]
+fn an_unhealthy_service_stops_the_run_before_any_step() {
+    let image = Image::busybox();
+    let name = unique("ctr-sick");
+    let out = Test::new()
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    service "db" image="{tag}" pull="never" {{ cmd "sleep 60"; health-cmd "false" timeout="1s" }}
+    stage "s" {{ step "never" {{ run "touch ran" }} }}
+}}
+"#,
+            tag = image.tag
+        ))
+        .args(&["run"])
+        .expect(1);
+    assert!(out.stderr.contains("service `db` was not healthy after 1s"), "{}", out.stderr);
+    assert!(!out.exists("ran"));
+    assert!(containers_with("pipe.pipeline", &name).is_empty());
+    assert!(crate::support::docker::networks_with("pipe.pipeline", &name).is_empty());
+}

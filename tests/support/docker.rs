@@ -31,7 +31,10 @@ impl Image {
         std::fs::create_dir_all(&bin).expect("mkdir");
         std::fs::create_dir_all(ctx.path().join("rootfs/tmp")).expect("mkdir");
         std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
-        for applet in ["sh", "true", "false", "echo", "cat", "sleep", "ls", "env", "id", "test", "printf", "touch"] {
+        for applet in [
+            "sh", "true", "false", "echo", "cat", "sleep", "ls", "env", "id", "test", "printf", "touch", "mkdir",
+            "wget", "httpd",
+        ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
         }
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY rootfs/ /\nLABEL pipe.test=1\n")
@@ -84,4 +87,13 @@ pub fn containers_with(label: &str, value: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|c| c.id)
         .collect()
+}
+
+/// Networks carrying `label=value`.
+pub fn networks_with(label: &str, value: &str) -> Vec<String> {
+    let rt = runtime();
+    let docker = docker(&rt);
+    let filters = [("label".to_string(), vec![format!("{label}={value}")])].into_iter().collect();
+    let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
+    rt.block_on(docker.list_networks(Some(options))).expect("list networks").into_iter().filter_map(|n| n.id).collect()
 }

@@ -2,7 +2,7 @@
 
 use kdl::KdlValue;
 
-use super::model::{Action, ContainerSpec, ImageBuild, PullPolicy};
+use super::model::{Action, ContainerSpec, Env, ImageBuild, PullPolicy, Service};
 use super::parser::Parser;
 use super::reader::Node;
 
@@ -17,10 +17,8 @@ impl Parser {
         *slot = self.container(node);
     }
 
-    fn container(&mut self, node: Node) -> Option<ContainerSpec> {
-        node.check_props(&["image", "pull"], &mut self.errs);
-        node.check_arg_count(0, &mut self.errs);
-        let pull = match node.prop_string("pull", &mut self.errs) {
+    fn pull_policy(&mut self, node: Node) -> PullPolicy {
+        match node.prop_string("pull", &mut self.errs) {
             None => PullPolicy::IfMissing,
             Some(p) => match p.value.as_str() {
                 "never" => PullPolicy::Never,
@@ -32,7 +30,13 @@ impl Parser {
                     PullPolicy::IfMissing
                 }
             },
-        };
+        }
+    }
+
+    fn container(&mut self, node: Node) -> Option<ContainerSpec> {
+        node.check_props(&["image", "pull"], &mut self.errs);
+        node.check_arg_count(0, &mut self.errs);
+        let pull = self.pull_policy(node);
         let image = match node.prop_string("image", &mut self.errs) {
             Some(i) => self.template(&i),
             None => {
@@ -118,5 +122,60 @@ impl Parser {
             });
         }
         Some(Action::ImageBuild(build))
+    }
+}
+
+impl Parser {
+    pub(super) fn service(&mut self, node: Node) -> Option<Service> {
+        node.check_props(&["image", "pull"], &mut self.errs);
+        node.check_arg_count(1, &mut self.errs);
+        let name = node.arg_string("a service name", &mut self.errs)?;
+        let pull = self.pull_policy(node);
+        let Some(image) = node.prop_string("image", &mut self.errs).map(|i| self.template(&i)) else {
+            self.errs.push(super::error::LangError::Missing {
+                node: format!("service \"{}\"", name.value),
+                what: "an image".into(),
+                src: node.src.named(),
+                span: node.kdl.span(),
+                help: Some("service \"db\" image=\"postgres:16\"".into()),
+            });
+            return None;
+        };
+        let mut service = Service {
+            name: name.value,
+            image,
+            pull,
+            env: Env::default(),
+            cmd: None,
+            health_cmd: None,
+            health_timeout: std::time::Duration::from_secs(60),
+            port: None,
+            loc: name.loc,
+        };
+        for child in node.children() {
+            match child.name() {
+                "env" => self.env_block(child, &mut service.env),
+                "cmd" => {
+                    self.leaf(child, &[], 1);
+                    service.cmd = child.arg_string("a command", &mut self.errs).map(|c| c.value);
+                }
+                "health-cmd" => {
+                    self.leaf(child, &["timeout"], 1);
+                    service.health_cmd = child.arg_string("a command", &mut self.errs).map(|c| c.value);
+                    let timeout =
+                        child.prop("timeout").and_then(|e| child.entry_duration(e, "timeout", &mut self.errs));
+                    if let Some(t) = timeout {
+                        service.health_timeout = t.value;
+                    }
+                }
+                "port" => {
+                    self.leaf(child, &[], 1);
+                    let port = child.args().next().and_then(|e| child.entry_u32(e, "port", &mut self.errs));
+                    service.port = port.and_then(|p| u16::try_from(p.value).ok());
+                }
+                other => self.unknown(child, "a `service` block", &["env", "cmd", "health-cmd", "port"], other),
+            }
+        }
+        Some(service)
     }
 }

@@ -19,6 +19,7 @@ pub struct Pipeline {
     pub env: Env,
     pub secrets: Secrets,
     pub container: Option<ContainerSpec>,
+    pub services: Vec<Service>,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
 }
@@ -33,6 +34,22 @@ pub struct ContainerSpec {
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
     pub network: Option<String>,
+    pub loc: Loc,
+}
+
+/// `service "db" image="…" { env {…}; cmd "…"; health-cmd "…"; port 5432 }`: a
+/// sidecar container started on the run's network before the steps, reachable
+/// from container steps by its name, removed after the run.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    pub image: Template,
+    pub pull: PullPolicy,
+    pub env: Env,
+    pub cmd: Option<String>,
+    pub health_cmd: Option<String>,
+    pub health_timeout: Duration,
+    pub port: Option<u16>,
     pub loc: Loc,
 }
 
@@ -75,6 +92,7 @@ pub struct Stage {
     pub needs: Vec<Spanned<String>>,
     pub env: Env,
     pub container: Option<ContainerSpec>,
+    pub services: Vec<Service>,
     pub when: Vec<Condition>,
     pub matrix: Option<Matrix>,
     pub steps: Vec<Step>,

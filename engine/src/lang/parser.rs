@@ -9,7 +9,7 @@ use kdl::KdlDocument;
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
 use super::interp::{RefKind, Template};
 use super::model::{
-    Action, ContainerSpec, Env, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Stage, Step, Trigger,
+    Action, ContainerSpec, Env, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage, Step, Trigger,
 };
 use super::plugin_step::GRANT_NODES;
 use super::reader::{Node, Spanned};
@@ -17,9 +17,9 @@ use super::source::{Loc, Source};
 use super::template;
 
 const PIPELINE_NODES: &[&str] =
-    &["env", "secrets", "container", "stage", "include", "on-success", "on-failure", "always"];
+    &["env", "secrets", "container", "service", "stage", "include", "on-success", "on-failure", "always"];
 const STAGE_NODES: &[&str] =
-    &["needs", "env", "container", "when", "matrix", "step", "on-success", "on-failure", "always"];
+    &["needs", "env", "container", "service", "when", "matrix", "step", "on-success", "on-failure", "always"];
 const STEP_NODES: &[&str] = &[
     "run",
     "uses",
@@ -126,6 +126,7 @@ pub(super) struct Parser {
 pub(super) struct Body {
     pub env: Env,
     pub container: Option<ContainerSpec>,
+    pub services: Vec<Service>,
     pub secrets: Secrets,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
@@ -158,6 +159,7 @@ impl Parser {
             env: body.env,
             secrets: body.secrets,
             container: body.container,
+            services: body.services,
             stages: body.stages,
             hooks: body.hooks,
         })
@@ -170,6 +172,7 @@ impl Parser {
                 "env" => self.env_block(child, &mut body.env),
                 "secrets" => self.secrets_block(child, &mut body.secrets),
                 "container" => self.container_once(child, &mut body.container),
+                "service" => body.services.extend(self.service(child)),
                 "stage" => body.stages.extend(self.stage(child)),
                 "include" => template::include(self, child, body),
                 "on-success" | "on-failure" | "always" => self.hook_block(child, &mut body.hooks),
@@ -191,6 +194,7 @@ impl Parser {
             needs: Vec::new(),
             env: Env::default(),
             container: None,
+            services: Vec::new(),
             when: Vec::new(),
             matrix: None,
             steps: Vec::new(),
@@ -204,6 +208,7 @@ impl Parser {
                 "needs" => stage.needs.extend(self.needs(child)),
                 "env" => self.env_block(child, &mut stage.env),
                 "container" => self.container_once(child, &mut stage.container),
+                "service" => stage.services.extend(self.service(child)),
                 "when" => stage.when.extend(self.condition(child)),
                 "matrix" => {
                     if stage.matrix.is_some() {

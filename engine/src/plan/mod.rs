@@ -14,7 +14,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::lang::Loc;
 use crate::lang::interp::Template;
-use crate::lang::model::{Action, Condition, ContainerSpec, Env, Retry, Secrets, Trigger};
+use crate::lang::model::{Action, Condition, ContainerSpec, Env, Retry, Secrets, Service, Trigger};
 
 pub use error::PlanError;
 pub use export::GraphFormat;
@@ -25,6 +25,8 @@ pub struct Plan {
     pub pipeline: String,
     pub dir: PathBuf,
     pub secrets: Secrets,
+    /// Sidecars of the pipeline and of its stages, started before the steps.
+    pub services: Vec<Service>,
     pub graph: DiGraph<PlannedStep, Edge>,
     /// Stage instances in the order written (matrix stages expanded).
     pub stages: Vec<StageInstance>,

@@ -54,6 +54,7 @@ pub fn plan(pipeline: &Pipeline) -> Result<Plan, Vec<PlanError>> {
         pipeline: pipeline.name.clone(),
         dir: pipeline.dir.clone(),
         secrets: pipeline.secrets.clone(),
+        services: pipeline.services.iter().chain(pipeline.stages.iter().flat_map(|s| &s.services)).cloned().collect(),
         graph: p.graph,
         stages,
     })

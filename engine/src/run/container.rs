@@ -179,7 +179,7 @@ fn body(spec: &ContainerRun) -> ContainerCreateBody {
     }
 }
 
-async fn ensure_image(docker: &Docker, image: &str, pull: PullPolicy, log: &StepLog) -> Result<(), String> {
+pub async fn ensure_image(docker: &Docker, image: &str, pull: PullPolicy, log: &StepLog) -> Result<(), String> {
     let present = match docker.inspect_image(image).await {
         Ok(_) => true,
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => false,

@@ -32,6 +32,8 @@ pub struct RunContext {
     pub programs: ProgramCache,
     /// Plugins prepared before the run, by step id.
     pub plugins: HashMap<String, Arc<Prepared>>,
+    /// The run's network when it has services: container steps join it.
+    pub network: Option<String>,
 }
 
 /// What a step's templates and conditions can see of the run so far.
@@ -156,13 +158,27 @@ impl RunContext {
             user: spec.user.clone(),
             memory: spec.memory,
             cpus: spec.cpus,
-            network: spec.network.clone(),
+            network: spec.network.clone().or_else(|| self.network.clone()),
             workspace: self.dir.clone(),
             outputs: output_file.parent().map(Path::to_path_buf).unwrap_or_default(),
             workdir,
             labels,
         };
         Ok(run)
+    }
+
+    /// Renders what is known before any step runs (service images and env):
+    /// env, secrets, git and run facts.
+    pub fn render_loose(&self, t: &crate::lang::interp::Template) -> Result<String, String> {
+        t.render(|r| match &r.kind {
+            RefKind::Env(n) => self.env.get(n).cloned().ok_or_else(|| format!("`{}` is not set", r.text)),
+            RefKind::Secret(n) => self.secrets.get(n).cloned().ok_or_else(|| format!("`{}`: no such secret", r.text)),
+            RefKind::GitSha => Ok(self.git.sha.clone()),
+            RefKind::GitBranch => Ok(self.git.branch.clone()),
+            RefKind::RunId => Ok(self.run_id.clone()),
+            RefKind::RunPipeline => Ok(self.pipeline.clone()),
+            _ => Err(format!("`{}` is not known before the steps run", r.text)),
+        })
     }
 
     fn render_image_build(

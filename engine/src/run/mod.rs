@@ -14,6 +14,7 @@ pub mod outputs;
 pub mod process;
 mod scheduler;
 pub mod secrets;
+mod services;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,17 +73,20 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         crate::lang::model::Action::ImageBuild(_) => true,
         crate::lang::model::Action::Plugin(_) => false,
     });
-    if uses_docker {
+    let docker = if uses_docker || !plan.services.is_empty() {
         let docker = container::client().await.map_err(RunError::Docker)?;
         match container::collect_garbage(docker).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed leftovers of dead runs"),
             Err(e) => tracing::warn!(error = %e, "could not look for leftovers of dead runs"),
         }
-    }
+        Some(docker)
+    } else {
+        None
+    };
     let plugins =
         crate::plugin::prepare(plan, &opts.root, crate::plugin::LockMode::Pin).await.map_err(RunError::Plugins)?;
-    let ctx = Arc::new(RunContext {
+    let mut ctx = RunContext {
         run_id: run_id.clone(),
         pipeline: plan.pipeline.clone(),
         root: opts.root.clone(),
@@ -94,7 +98,17 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         env,
         programs: Default::default(),
         plugins,
-    });
+        network: None,
+    };
+    let services = match (&docker, plan.services.is_empty()) {
+        (Some(docker), false) => {
+            let started = services::Services::start(docker, &ctx, &plan.services).await.map_err(RunError::Docker)?;
+            ctx.network = Some(started.network.clone());
+            Some(started)
+        }
+        _ => None,
+    };
+    let ctx = Arc::new(ctx);
     let started = Instant::now();
     let mut record = RunRecord {
         id: run_id.clone(),
@@ -125,6 +139,9 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         scheduler = scheduler.reuse(earlier.steps);
     }
     let (status, steps) = scheduler.run().await;
+    if let (Some(docker), Some(services)) = (docker, services) {
+        services.stop(docker).await;
+    }
     record.status = status;
     record.steps = steps;
     record.duration_ms = started.elapsed().as_millis() as u64;

@@ -1,0 +1,138 @@
+//! Service sidecars: a network per run, each service's container on it under its
+//! name, waited on until its `health-cmd` succeeds, all removed after the run.
+//! Container steps join the network, so they reach a service by name.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::exec::StartExecResults;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, ExecConfig, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use futures_util::StreamExt;
+
+use super::context::RunContext;
+use super::log::StepLog;
+use crate::lang::model::Service;
+
+pub struct Services {
+    pub network: String,
+    containers: Vec<String>,
+}
+
+impl Services {
+    /// Starts every service and waits until each is healthy. On failure, what was
+    /// started is removed again before the error returns.
+    pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Services, String> {
+        let network = format!("pipe-{}", sanitize(&ctx.run_id));
+        let request =
+            NetworkCreateRequest { name: network.clone(), labels: Some(labels(ctx, "network")), ..Default::default() };
+        docker.create_network(request).await.map_err(|e| format!("cannot create network {network}: {e}"))?;
+        let mut started = Services { network, containers: Vec::new() };
+        for service in services {
+            if let Err(e) = started.start_one(docker, ctx, service).await {
+                started.stop(docker).await;
+                return Err(e);
+            }
+        }
+        Ok(started)
+    }
+
+    async fn start_one(&mut self, docker: &Docker, ctx: &RunContext, s: &Service) -> Result<(), String> {
+        let image = ctx.render_loose(&s.image)?;
+        let log = StepLog::sink(&s.name);
+        super::container::ensure_image(docker, &image, s.pull, &log).await?;
+        let mut env = Vec::new();
+        for var in &s.env.0 {
+            env.push(format!("{}={}", var.name, ctx.render_loose(&var.value)?));
+        }
+        let endpoints =
+            [(self.network.clone(), EndpointSettings { aliases: Some(vec![s.name.clone()]), ..Default::default() })];
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: s.cmd.as_ref().map(|c| vec!["sh".into(), "-c".into(), c.clone()]),
+            env: Some(env),
+            labels: Some(labels(ctx, &s.name)),
+            host_config: Some(HostConfig { network_mode: Some(self.network.clone()), ..Default::default() }),
+            networking_config: Some(NetworkingConfig { endpoints_config: Some(endpoints.into_iter().collect()) }),
+            ..Default::default()
+        };
+        let name = format!("pipe-{}-svc-{}", sanitize(&ctx.run_id), sanitize(&s.name));
+        let id = docker
+            .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
+            .await
+            .map_err(|e| format!("service `{}`: cannot create a container of `{image}`: {e}", s.name))?
+            .id;
+        self.containers.push(id.clone());
+        docker.start_container(&id, None).await.map_err(|e| format!("service `{}` did not start: {e}", s.name))?;
+        if let Some(check) = &s.health_cmd {
+            wait_healthy(docker, &id, s, check).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self, docker: &Docker) {
+        for id in &self.containers {
+            let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let _ = docker.remove_container(id, Some(options)).await;
+        }
+        let _ = docker.remove_network(&self.network).await;
+    }
+}
+
+async fn wait_healthy(docker: &Docker, id: &str, s: &Service, check: &str) -> Result<(), String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < s.health_timeout {
+        match exec(docker, id, check).await {
+            Ok((0, _)) => return Ok(()),
+            Ok((code, output)) => last = format!("exit code {code}: {}", output.trim()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "service `{}` was not healthy after {}: `{check}` last gave {last}",
+        s.name,
+        humantime::format_duration(s.health_timeout)
+    ))
+}
+
+/// Runs `sh -c command` in a container; its exit code and output.
+async fn exec(docker: &Docker, id: &str, command: &str) -> Result<(i64, String), String> {
+    let config = ExecConfig {
+        cmd: Some(vec!["sh".into(), "-c".into(), command.into()]),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let exec = docker.create_exec(id, config).await.map_err(|e| e.to_string())?;
+    let mut output = String::new();
+    if let StartExecResults::Attached { output: mut stream, .. } =
+        docker.start_exec(&exec.id, None).await.map_err(|e| e.to_string())?
+    {
+        while let Some(Ok(chunk)) = stream.next().await {
+            output.push_str(&chunk.to_string());
+        }
+    }
+    let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| e.to_string())?;
+    Ok((inspected.exit_code.unwrap_or(-1), output))
+}
+
+fn labels(ctx: &RunContext, what: &str) -> HashMap<String, String> {
+    [
+        ("pipe.run", ctx.run_id.as_str()),
+        ("pipe.pipeline", ctx.pipeline.as_str()),
+        ("pipe.service", what),
+        ("pipe.pid", &std::process::id().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect()
+}
