@@ -214,3 +214,32 @@ pipeline "{name}" {{
     assert!(containers_with("pipe.pipeline", &name).is_empty());
     assert!(crate::support::docker::networks_with("pipe.pipeline", &name).is_empty());
 }
+
+#[test]
+fn the_same_steps_run_as_swarm_jobs() {
+    let image = Image::busybox();
+    let swarm = crate::support::docker::Swarm::ensure();
+    let name = unique("ctr-swarm");
+    let out = Test::new()
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    executor "swarm"
+    container image="{tag}" pull="never"
+    stage "s" {{
+        step "job" {{ run "echo hello from a swarm job; echo done > swarm.txt; echo where=swarm >> $PIPE_OUTPUT" }}
+        step "failing" {{ run "exit 3"; continue-on-error #true }}
+    }}
+}}
+"#,
+            tag = image.tag
+        ))
+        .args(&["run"])
+        .expect(0);
+    assert!(out.stdout.contains("s.job │ hello from a swarm job"), "{}", out.stdout);
+    assert_eq!(out.read("swarm.txt").trim(), "done");
+    assert_eq!(out.step("s.job")["outputs"]["where"], "swarm");
+    assert_eq!(out.step("s.failing")["exit_code"], 3);
+    assert!(crate::support::docker::services_with("pipe.pipeline", &name).is_empty());
+    drop(swarm);
+}

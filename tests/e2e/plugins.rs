@@ -143,7 +143,7 @@ fn nginx_switch_moves_traffic_and_refuses_a_config_nginx_rejects() {
     let before = std::fs::read_to_string(nginx.prefix.join("app.inc")).expect("inc");
     let bad = Test::new().args(&["-C", dir.to_str().expect("utf-8"), "run"]).expect(1);
     let _ = out;
-    assert!(bad.stdout.contains("failed with status 1"), "{}", bad.stdout);
+    assert!(bad.stdout.contains("-t` failed with status"), "{}\n{}", bad.stdout, bad.stderr);
     assert!(bad.stdout.contains("restored the previous"), "{}", bad.stdout);
     assert_eq!(std::fs::read_to_string(nginx.prefix.join("app.inc")).expect("inc"), before);
     assert_eq!(get(nginx.port, "/").as_deref(), Ok("green"), "the old upstream still serves");

@@ -97,3 +97,48 @@ pub fn networks_with(label: &str, value: &str) -> Vec<String> {
     let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
     rt.block_on(docker.list_networks(Some(options))).expect("list networks").into_iter().filter_map(|n| n.id).collect()
 }
+
+/// A single-node swarm for the test; left again on drop if the test made it.
+pub struct Swarm {
+    created: bool,
+}
+
+impl Swarm {
+    pub fn ensure() -> Swarm {
+        use bollard::models::SwarmInitRequest;
+        let rt = runtime();
+        let docker = docker(&rt);
+        if rt.block_on(docker.inspect_swarm()).is_ok() {
+            return Swarm { created: false };
+        }
+        let request = SwarmInitRequest {
+            listen_addr: Some("127.0.0.1:2377".into()),
+            advertise_addr: Some("127.0.0.1".into()),
+            ..Default::default()
+        };
+        rt.block_on(docker.init_swarm(request)).expect("docker swarm init");
+        Swarm { created: true }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.created {
+            let rt = runtime();
+            let docker = docker(&rt);
+            let options = bollard::query_parameters::LeaveSwarmOptions { force: true };
+            let _ = rt.block_on(docker.leave_swarm(Some(options)));
+            // `swarm init` also made this bridge; the engine is left as it was found.
+            let _ = rt.block_on(docker.remove_network("docker_gwbridge"));
+        }
+    }
+}
+
+/// Swarm services carrying `label=value`.
+pub fn services_with(label: &str, value: &str) -> Vec<String> {
+    let rt = runtime();
+    let docker = docker(&rt);
+    let filters = [("label".to_string(), vec![format!("{label}={value}")])].into_iter().collect();
+    let options = bollard::query_parameters::ListServicesOptions { filters: Some(filters), ..Default::default() };
+    rt.block_on(docker.list_services(Some(options))).expect("list services").into_iter().filter_map(|s| s.id).collect()
+}

@@ -2,7 +2,7 @@
 
 use kdl::KdlValue;
 
-use super::model::{Action, ContainerSpec, Env, ImageBuild, PullPolicy, Service};
+use super::model::{Action, ContainerSpec, Env, Executor, ImageBuild, PullPolicy, Service};
 use super::parser::Parser;
 use super::reader::Node;
 
@@ -177,5 +177,21 @@ impl Parser {
             }
         }
         Some(service)
+    }
+}
+
+impl Parser {
+    pub(super) fn executor(&mut self, node: Node) -> Option<Executor> {
+        self.leaf(node, &[], 1);
+        let name = node.arg_string("an executor", &mut self.errs)?;
+        match name.value.as_str() {
+            "docker" => Some(Executor::Docker),
+            "swarm" => Some(Executor::Swarm),
+            other => {
+                let help = Some("executor \"docker\" (the default) or executor \"swarm\"".to_string());
+                self.errs.invalid(&name.loc, "executor", format!("`{other}` is not an executor"), help);
+                None
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ pub struct Pipeline {
     pub env: Env,
     pub secrets: Secrets,
     pub container: Option<ContainerSpec>,
+    pub executor: Option<Executor>,
     pub services: Vec<Service>,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
@@ -51,6 +52,15 @@ pub struct Service {
     pub health_timeout: Duration,
     pub port: Option<u16>,
     pub loc: Loc,
+}
+
+/// `executor "docker"` (the default) or `executor "swarm"`: where container steps run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Executor {
+    #[default]
+    Docker,
+    /// As Docker Swarm services in `replicated-job` mode.
+    Swarm,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +102,7 @@ pub struct Stage {
     pub needs: Vec<Spanned<String>>,
     pub env: Env,
     pub container: Option<ContainerSpec>,
+    pub executor: Option<Executor>,
     pub services: Vec<Service>,
     pub when: Vec<Condition>,
     pub matrix: Option<Matrix>,

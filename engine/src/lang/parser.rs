@@ -9,7 +9,8 @@ use kdl::KdlDocument;
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
 use super::interp::{RefKind, Template};
 use super::model::{
-    Action, ContainerSpec, Env, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage, Step, Trigger,
+    Action, ContainerSpec, Env, Executor, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage, Step,
+    Trigger,
 };
 use super::plugin_step::GRANT_NODES;
 use super::reader::{Node, Spanned};
@@ -17,9 +18,20 @@ use super::source::{Loc, Source};
 use super::template;
 
 const PIPELINE_NODES: &[&str] =
-    &["env", "secrets", "container", "service", "stage", "include", "on-success", "on-failure", "always"];
-const STAGE_NODES: &[&str] =
-    &["needs", "env", "container", "service", "when", "matrix", "step", "on-success", "on-failure", "always"];
+    &["env", "secrets", "container", "executor", "service", "stage", "include", "on-success", "on-failure", "always"];
+const STAGE_NODES: &[&str] = &[
+    "needs",
+    "env",
+    "container",
+    "executor",
+    "service",
+    "when",
+    "matrix",
+    "step",
+    "on-success",
+    "on-failure",
+    "always",
+];
 const STEP_NODES: &[&str] = &[
     "run",
     "uses",
@@ -126,6 +138,7 @@ pub(super) struct Parser {
 pub(super) struct Body {
     pub env: Env,
     pub container: Option<ContainerSpec>,
+    pub executor: Option<Executor>,
     pub services: Vec<Service>,
     pub secrets: Secrets,
     pub stages: Vec<Stage>,
@@ -159,6 +172,7 @@ impl Parser {
             env: body.env,
             secrets: body.secrets,
             container: body.container,
+            executor: body.executor,
             services: body.services,
             stages: body.stages,
             hooks: body.hooks,
@@ -173,6 +187,7 @@ impl Parser {
                 "secrets" => self.secrets_block(child, &mut body.secrets),
                 "container" => self.container_once(child, &mut body.container),
                 "service" => body.services.extend(self.service(child)),
+                "executor" => body.executor = self.executor(child),
                 "stage" => body.stages.extend(self.stage(child)),
                 "include" => template::include(self, child, body),
                 "on-success" | "on-failure" | "always" => self.hook_block(child, &mut body.hooks),
@@ -194,6 +209,7 @@ impl Parser {
             needs: Vec::new(),
             env: Env::default(),
             container: None,
+            executor: None,
             services: Vec::new(),
             when: Vec::new(),
             matrix: None,
@@ -209,6 +225,7 @@ impl Parser {
                 "env" => self.env_block(child, &mut stage.env),
                 "container" => self.container_once(child, &mut stage.container),
                 "service" => stage.services.extend(self.service(child)),
+                "executor" => stage.executor = self.executor(child),
                 "when" => stage.when.extend(self.condition(child)),
                 "matrix" => {
                     if stage.matrix.is_some() {

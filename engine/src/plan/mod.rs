@@ -14,7 +14,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::lang::Loc;
 use crate::lang::interp::Template;
-use crate::lang::model::{Action, Condition, ContainerSpec, Env, Retry, Secrets, Service, Trigger};
+use crate::lang::model::{Action, Condition, ContainerSpec, Env, Executor, Retry, Secrets, Service, Trigger};
 
 pub use error::PlanError;
 pub use export::GraphFormat;
@@ -59,6 +59,8 @@ pub struct PlannedStep {
     pub workdir: Option<Template>,
     /// Where a `run` step executes: the innermost `container`, if any.
     pub container: Option<ContainerSpec>,
+    /// Where that container runs: the local engine or a swarm.
+    pub executor: Executor,
     pub loc: Loc,
 }
 

@@ -130,7 +130,7 @@ async fn exit_status(docker: &Docker, id: &str) -> Exit {
 }
 
 /// Streams the container's output into the log, demultiplexed, line by line.
-async fn pump(docker: &Docker, id: &str, log: &StepLog) {
+pub async fn pump(docker: &Docker, id: &str, log: &StepLog) {
     let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
     let mut stream = docker.logs(id, Some(options));
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -239,6 +239,21 @@ pub async fn collect_garbage(docker: &Docker) -> Result<usize, String> {
                 .remove_container(id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }))
                 .await
                 .is_ok()
+        {
+            removed += 1;
+        }
+    }
+    // Swarm jobs: only a manager lists services; elsewhere there are none of ours.
+    let services = docker
+        .list_services(Some(bollard::query_parameters::ListServicesOptions {
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    for s in services.iter().filter(|s| dead(s.spec.as_ref().and_then(|spec| spec.labels.as_ref()))) {
+        if let Some(id) = &s.id
+            && docker.delete_service(id).await.is_ok()
         {
             removed += 1;
         }

@@ -96,7 +96,11 @@ impl RunContext {
             let cmd = std::iter::once(program).chain(args).collect();
             let run = self.render_container(step, spec, image, cmd, env, output_file)?;
             let display = self.masker.mask(&format!("[{}] {script}", run.image));
-            return Ok(Rendered { invocation: Invocation::Container(Box::new(run)), display });
+            let invocation = match step.executor {
+                crate::lang::model::Executor::Docker => Invocation::Container(Box::new(run)),
+                crate::lang::model::Executor::Swarm => Invocation::SwarmJob(Box::new(run)),
+            };
+            return Ok(Rendered { invocation, display });
         }
         let (program, args) = command_line(&script, shell.as_deref());
         let program = self.programs.resolve(&program, env.contains_key("PATH"));

@@ -15,6 +15,8 @@ use crate::plugin::{Host, PluginRun};
 pub enum Invocation {
     Process(ProcessSpec),
     Container(Box<ContainerRun>),
+    /// A container step as a Docker Swarm job.
+    SwarmJob(Box<ContainerRun>),
     ImageBuild(Box<ImageBuildRun>),
     Plugin(Box<PluginRun>),
 }
@@ -57,6 +59,7 @@ pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &Cancellati
     match invocation {
         Invocation::Process(spec) => process::run(spec, log, cancel).await,
         Invocation::Container(spec) => container::run(spec, log, cancel).await,
+        Invocation::SwarmJob(spec) => super::swarm::run(spec, log, cancel).await,
         Invocation::ImageBuild(spec) => image::run(spec, log, cancel).await,
         Invocation::Plugin(call) => match Host::global() {
             Ok(host) => host.run(call, log, cancel).await,

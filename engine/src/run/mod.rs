@@ -15,6 +15,7 @@ pub mod process;
 mod scheduler;
 pub mod secrets;
 mod services;
+mod swarm;
 
 use std::path::PathBuf;
 use std::sync::Arc;

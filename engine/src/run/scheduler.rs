@@ -84,6 +84,7 @@ impl<'p> Scheduler<'p> {
         let mut runnable: VecDeque<NodeIndex> = VecDeque::new();
         let mut running: JoinSet<(NodeIndex, Finished)> = JoinSet::new();
         let mut started: HashMap<NodeIndex, Instant> = HashMap::new();
+        let mut tasks: HashMap<tokio::task::Id, NodeIndex> = HashMap::new();
         loop {
             while let Some(n) = ready.pop_front() {
                 match self.decide(n) {
@@ -107,7 +108,8 @@ impl<'p> Scheduler<'p> {
                         started.insert(n, Instant::now());
                         self.records[n.index()].status = Status::Running;
                         self.records[n.index()].command = Some(job.display.clone());
-                        running.spawn(async move { (n, attempt::run(job).await) });
+                        let task = running.spawn(async move { (n, attempt::run(job).await) });
+                        tasks.insert(task.id(), n);
                     }
                     Err(reason) => self.fail_before_start(n, reason, &mut ready),
                 }
@@ -123,7 +125,11 @@ impl<'p> Scheduler<'p> {
                     let Some(joined) = joined else { continue };
                     match joined {
                         Ok((n, done)) => self.complete(n, done, &mut ready),
-                        Err(e) => tracing::error!(error = %e, "a step task ended abnormally"),
+                        // An engine bug, but the step it ran must still end, as a failure.
+                        Err(e) => match tasks.get(&e.id()) {
+                            Some(&n) => self.fail_before_start(n, format!("internal error in pipe: {e}"), &mut ready),
+                            None => tracing::error!(error = %e, "a step task ended abnormally"),
+                        },
                     }
                 }
                 () = signals.next() => self.interrupt(),
