@@ -224,7 +224,7 @@ fn the_same_steps_run_as_swarm_jobs() {
         .pipeline(&format!(
             r#"
 pipeline "{name}" {{
-    executor "swarm"
+    executor "swarm" {{ constraint "node.role==manager" }}
     container image="{tag}" pull="never"
     stage "s" {{
         step "job" {{ run "echo hello from a swarm job; echo done > swarm.txt; echo where=swarm >> $PIPE_OUTPUT" }}
@@ -242,4 +242,16 @@ pipeline "{name}" {{
     assert_eq!(out.step("s.failing")["exit_code"], 3);
     assert!(crate::support::docker::services_with("pipe.pipeline", &name).is_empty());
     drop(swarm);
+}
+
+#[test]
+fn an_unreachable_docker_engine_is_one_clear_error_before_any_step() {
+    let out = Test::new()
+        .pipeline(r#"pipeline "p" { stage "a" { step "local" { run "touch ran" } }; stage "b" { container image="x"; step "c" { run "true" } } }"#)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(&["run"])
+        .expect(1);
+    assert!(out.stderr.contains("cannot reach the Docker Engine at unix:///nonexistent/docker.sock"), "{}", out.stderr);
+    assert!(out.stderr.contains("start the Docker Engine, or point DOCKER_HOST at one"), "{}", out.stderr);
+    assert!(!out.exists("ran"), "no step started");
 }

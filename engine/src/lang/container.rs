@@ -182,11 +182,22 @@ impl Parser {
 
 impl Parser {
     pub(super) fn executor(&mut self, node: Node) -> Option<Executor> {
-        self.leaf(node, &[], 1);
+        node.check_props(&[], &mut self.errs);
+        node.check_arg_count(1, &mut self.errs);
         let name = node.arg_string("an executor", &mut self.errs)?;
+        let mut constraints = Vec::new();
+        for child in node.children() {
+            match (child.name(), name.value.as_str()) {
+                ("constraint", "swarm") => {
+                    self.leaf(child, &[], 1);
+                    constraints.extend(child.arg_string("a placement constraint", &mut self.errs).map(|c| c.value));
+                }
+                (other, _) => self.unknown(child, "a swarm `executor` block", &["constraint"], other),
+            }
+        }
         match name.value.as_str() {
             "docker" => Some(Executor::Docker),
-            "swarm" => Some(Executor::Swarm),
+            "swarm" => Some(Executor::Swarm { constraints }),
             other => {
                 let help = Some("executor \"docker\" (the default) or executor \"swarm\"".to_string());
                 self.errs.invalid(&name.loc, "executor", format!("`{other}` is not an executor"), help);

@@ -55,12 +55,13 @@ pub struct Service {
 }
 
 /// `executor "docker"` (the default) or `executor "swarm"`: where container steps run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Executor {
     #[default]
     Docker,
-    /// As Docker Swarm services in `replicated-job` mode.
-    Swarm,
+    /// As Docker Swarm services in `replicated-job` mode, placed by these
+    /// constraints (`node.role==worker`, `node.labels.ci==true`).
+    Swarm { constraints: Vec<String> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

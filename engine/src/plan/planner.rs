@@ -153,7 +153,7 @@ impl Planner<'_> {
             continue_on_error: step.continue_on_error,
             workdir: step.workdir.clone(),
             container: step.container.clone().or_else(|| stage.container.clone()).or_else(|| self.p.container.clone()),
-            executor: stage.executor.or(self.p.executor).unwrap_or_default(),
+            executor: stage.executor.clone().or_else(|| self.p.executor.clone()).unwrap_or_default(),
             loc: step.loc.clone(),
         })
     }
@@ -296,7 +296,7 @@ impl Planner<'_> {
             continue_on_error: step.continue_on_error,
             workdir: step.workdir.clone(),
             container: step.container.clone().or_else(|| self.p.container.clone()),
-            executor: self.p.executor.unwrap_or_default(),
+            executor: self.p.executor.clone().unwrap_or_default(),
             loc: step.loc.clone(),
         })
     }

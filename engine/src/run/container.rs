@@ -47,6 +47,8 @@ pub struct ContainerRun {
     /// The working directory inside the container.
     pub workdir: String,
     pub labels: HashMap<String, String>,
+    /// Swarm placement constraints (the Swarm executor only).
+    pub placement: Vec<String>,
 }
 
 static CLIENT: OnceCell<Result<Docker, String>> = OnceCell::const_new();

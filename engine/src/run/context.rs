@@ -94,11 +94,14 @@ impl RunContext {
             let image = spec.image.render(|r| self.resolve(r, step, view, &env))?;
             let (program, args) = command_line(&script, shell.as_deref());
             let cmd = std::iter::once(program).chain(args).collect();
-            let run = self.render_container(step, spec, image, cmd, env, output_file)?;
+            let mut run = self.render_container(step, spec, image, cmd, env, output_file)?;
             let display = self.masker.mask(&format!("[{}] {script}", run.image));
-            let invocation = match step.executor {
+            let invocation = match &step.executor {
                 crate::lang::model::Executor::Docker => Invocation::Container(Box::new(run)),
-                crate::lang::model::Executor::Swarm => Invocation::SwarmJob(Box::new(run)),
+                crate::lang::model::Executor::Swarm { constraints } => {
+                    run.placement = constraints.clone();
+                    Invocation::SwarmJob(Box::new(run))
+                }
             };
             return Ok(Rendered { invocation, display });
         }
@@ -167,6 +170,7 @@ impl RunContext {
             outputs: output_file.parent().map(Path::to_path_buf).unwrap_or_default(),
             workdir,
             labels,
+            placement: Vec::new(),
         };
         Ok(run)
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{
     Limit, Mount, MountType, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicatedJob, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::ListTasksOptions;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,8 @@ fn service(spec: &ContainerRun) -> ServiceSpec {
                 }),
                 ..Default::default()
             }),
+            placement: (!spec.placement.is_empty())
+                .then(|| TaskSpecPlacement { constraints: Some(spec.placement.clone()), ..Default::default() }),
             restart_policy: Some(TaskSpecRestartPolicy {
                 condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
                 ..Default::default()
