@@ -8,19 +8,19 @@
 //! The image is busybox, built locally (no registry is reachable). Run:
 //! `cargo bench -p pipe --bench containers`.
 
-// The test image builder, shared with the tests (which use the rest of it).
-#[allow(dead_code)]
-#[path = "../../tests/support/docker.rs"]
-mod docker;
+mod common;
+// The tests' helpers: the same locally built busybox image.
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const RUNS: usize = 7;
+use common::{RUNS, median, ms, ratio, time};
 
 fn main() {
-    let image = docker::Image::busybox();
+    let image = support::docker::Image::busybox();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let one = dir.path().join("one");
     let twenty = dir.path().join("twenty");
@@ -59,24 +59,4 @@ fn pipe_run(pipe: &str, dir: &Path) -> Duration {
     let d = time(Command::new(pipe).args(["run", "--jobs", "2"]).current_dir(dir).env("CI", "1"));
     let _ = std::fs::remove_dir_all(dir.join(".pipe"));
     d
-}
-
-fn time(cmd: &mut Command) -> Duration {
-    let start = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed()
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
 }

@@ -6,11 +6,13 @@
 //!
 //! Prints medians and the pipe/make ratio. Run: `cargo bench -p pipe --bench overhead`.
 
-use std::fmt::Write as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const RUNS: usize = 7;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{RUNS, median, ms, ratio, time};
 
 fn main() {
     // In the target directory: on some disks /tmp creates files far slower.
@@ -90,24 +92,4 @@ fn needs(s: usize) -> Vec<usize> {
         n.push(s - 3);
     }
     n
-}
-
-fn time(cmd: &mut Command) -> Duration {
-    let start = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed()
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
 }

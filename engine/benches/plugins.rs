@@ -11,20 +11,26 @@
 // Errors here only abort the benchmark.
 #![allow(clippy::result_large_err)]
 
-use std::path::{Path, PathBuf};
+mod common;
+// The tests' helpers: the test plugin is built the same way for both.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{RUNS, median, ms, us};
 
 use pipe::plugin::{Granted, Host, PluginRun, Prepared, Resolved};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-const RUNS: usize = 7;
 const STEPS: usize = 200;
 
 fn main() {
-    let wasm = build_test_plugin();
+    let wasm = support::test_plugin("hostile");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let cache = dir.path().join("cache");
     // SAFETY of set_var: single-threaded here, before the host starts.
@@ -150,31 +156,4 @@ fn timed<E: std::fmt::Debug>(f: impl FnOnce() -> Result<(), E>) -> Duration {
     let start = Instant::now();
     f().expect("benchmarked operation");
     start.elapsed()
-}
-
-fn build_test_plugin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = root.join("target/wasm-plugins");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(root.join("tests/plugins/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("cargo");
-    assert!(status.success());
-    target.join("wasm32-wasip2/release/hostile.wasm")
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
