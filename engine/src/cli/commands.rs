@@ -87,12 +87,9 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
     };
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let opts = RunOptions { root: root.to_path_buf(), file: loaded.file.clone(), jobs, wait: args.wait, rerun };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::FAILED;
-        }
+        Err(code) => return code,
     };
     let (events, rx) = Events::channel();
     let result = runtime.block_on(async {
@@ -114,6 +111,10 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
 }
 
 fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     let project = Project::load(root, file);
     let mut bad = project.errors.len();
     project.errors.iter().for_each(|e| eprint(e.as_ref()));
@@ -125,7 +126,7 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
     for p in project.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.pipeline.name)) {
         match &p.plan {
             Ok(plan) => {
-                let problems = plugin_problems(plan, root);
+                let problems = plugin_problems(&rt, plan, root);
                 if problems > 0 {
                     bad += problems;
                     continue;
@@ -149,8 +150,7 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
 
 /// Checks the plugins a plan uses (capabilities granted, settings known), as
 /// `pipe run` would; reports and counts the problems.
-fn plugin_problems(plan: &crate::plan::Plan, root: &Path) -> usize {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return 1 };
+fn plugin_problems(rt: &tokio::runtime::Runtime, plan: &crate::plan::Plan, root: &Path) -> usize {
     match rt.block_on(crate::plugin::prepare(plan, root, crate::plugin::LockMode::CheckOnly)) {
         Ok(_) => 0,
         Err(errors) => {
@@ -281,7 +281,10 @@ fn logs(root: &Path, run: &str, step: Option<&str>) -> u8 {
 }
 
 fn gc() -> u8 {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return exit::FAILED };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     let result = rt.block_on(async {
         let docker = run::container::client().await?;
         run::container::collect_garbage(docker).await

@@ -141,6 +141,15 @@ pub enum Format {
     Json,
 }
 
+/// The single-threaded runtime every async command runs on; an error is
+/// reported here and becomes the exit code.
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        exit::FAILED
+    })
+}
+
 /// Runs the command; returns the process exit code.
 pub fn main(cli: Cli) -> u8 {
     commands::dispatch(cli)

@@ -55,12 +55,9 @@ pub enum PluginCommand {
 }
 
 pub fn dispatch(root: &Path, file: Option<&Path>, command: PluginCommand) -> u8 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::FAILED;
-        }
+        Err(code) => return code,
     };
     match command {
         PluginCommand::New { name, path } => new(&name, path.unwrap_or_else(|| PathBuf::from(&name))),

@@ -51,6 +51,21 @@ pub struct ContainerRun {
     pub placement: Vec<String>,
 }
 
+/// A Docker object name from pipe's ids: run ids and matrix steps hold
+/// characters (`[`, `,`) that Docker names may not.
+pub fn docker_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect()
+}
+
+/// The labels on everything a run creates: what `pipe gc` and the next run use
+/// to find leftovers of dead runs (`pipe.pid`). `role` is e.g. `("pipe.step", id)`.
+pub fn labels(run_id: &str, pipeline: &str, role: (&str, &str)) -> HashMap<String, String> {
+    [("pipe.run", run_id), ("pipe.pipeline", pipeline), role, ("pipe.pid", &std::process::id().to_string())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 static CLIENT: OnceCell<Result<Docker, String>> = OnceCell::const_new();
 
 /// The Docker Engine named by `DOCKER_HOST` (or the local socket), checked once.
@@ -112,10 +127,8 @@ async fn run_created(docker: &Docker, id: &str, log: &StepLog, cancel: &Cancella
                 }
             }
         },
-        async {
-            // Bounded: the log stream ends with the container, or shortly after.
-            let _ = tokio::time::timeout(Duration::from_secs(3600 * 24), pump(docker, id, log)).await;
-        }
+        // The log stream ends when the container stops (on its own, or stopped above).
+        pump(docker, id, log)
     );
     exit
 }

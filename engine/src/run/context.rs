@@ -143,21 +143,8 @@ impl RunContext {
         vars.push(("PIPE_PIPELINE".into(), self.pipeline.clone()));
         vars.push(("PIPE_STEP".into(), step.id.clone()));
         vars.push(("PIPE_WORKSPACE".into(), container::WORKSPACE.into()));
-        let labels: HashMap<String, String> = [
-            ("pipe.run", self.run_id.as_str()),
-            ("pipe.pipeline", self.pipeline.as_str()),
-            ("pipe.step", step.id.as_str()),
-            ("pipe.pid", &std::process::id().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let name: String = format!("pipe-{}-{}", self.run_id, step.id)
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
-            .collect();
         let run = ContainerRun {
-            name,
+            name: container::docker_name(&format!("pipe-{}-{}", self.run_id, step.id)),
             image,
             pull: spec.pull,
             cmd,
@@ -169,7 +156,7 @@ impl RunContext {
             workspace: self.dir.clone(),
             outputs: output_file.parent().map(Path::to_path_buf).unwrap_or_default(),
             workdir,
-            labels,
+            labels: container::labels(&self.run_id, &self.pipeline, ("pipe.step", &step.id)),
             placement: Vec::new(),
         };
         Ok(run)

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
@@ -83,7 +82,6 @@ impl<'p> Scheduler<'p> {
             self.plan.graph.node_indices().filter(|n| self.remaining[n.index()] == 0).collect();
         let mut runnable: VecDeque<NodeIndex> = VecDeque::new();
         let mut running: JoinSet<(NodeIndex, Finished)> = JoinSet::new();
-        let mut started: HashMap<NodeIndex, Instant> = HashMap::new();
         let mut tasks: HashMap<tokio::task::Id, NodeIndex> = HashMap::new();
         loop {
             while let Some(n) = ready.pop_front() {
@@ -105,7 +103,6 @@ impl<'p> Scheduler<'p> {
                 }
                 match self.start(n) {
                     Ok(job) => {
-                        started.insert(n, Instant::now());
                         self.records[n.index()].status = Status::Running;
                         self.records[n.index()].command = Some(job.display.clone());
                         let task = running.spawn(async move { (n, attempt::run(job).await) });

@@ -2,7 +2,6 @@
 //! name, waited on until its `health-cmd` succeeds, all removed after the run.
 //! Container steps join the network, so they reach a service by name.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -13,6 +12,7 @@ use bollard::models::{
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use futures_util::StreamExt;
 
+use super::container::{docker_name, labels};
 use super::context::RunContext;
 use super::log::StepLog;
 use crate::lang::model::Service;
@@ -26,9 +26,12 @@ impl Services {
     /// Starts every service and waits until each is healthy. On failure, what was
     /// started is removed again before the error returns.
     pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Services, String> {
-        let network = format!("pipe-{}", sanitize(&ctx.run_id));
-        let request =
-            NetworkCreateRequest { name: network.clone(), labels: Some(labels(ctx, "network")), ..Default::default() };
+        let network = format!("pipe-{}", docker_name(&ctx.run_id));
+        let request = NetworkCreateRequest {
+            name: network.clone(),
+            labels: Some(labels(&ctx.run_id, &ctx.pipeline, ("pipe.service", "network"))),
+            ..Default::default()
+        };
         docker.create_network(request).await.map_err(|e| format!("cannot create network {network}: {e}"))?;
         let mut started = Services { network, containers: Vec::new() };
         for service in services {
@@ -54,12 +57,12 @@ impl Services {
             image: Some(image.clone()),
             cmd: s.cmd.as_ref().map(|c| vec!["sh".into(), "-c".into(), c.clone()]),
             env: Some(env),
-            labels: Some(labels(ctx, &s.name)),
+            labels: Some(labels(&ctx.run_id, &ctx.pipeline, ("pipe.service", &s.name))),
             host_config: Some(HostConfig { network_mode: Some(self.network.clone()), ..Default::default() }),
             networking_config: Some(NetworkingConfig { endpoints_config: Some(endpoints.into_iter().collect()) }),
             ..Default::default()
         };
-        let name = format!("pipe-{}-svc-{}", sanitize(&ctx.run_id), sanitize(&s.name));
+        let name = format!("pipe-{}-svc-{}", docker_name(&ctx.run_id), docker_name(&s.name));
         let id = docker
             .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
             .await
@@ -119,20 +122,4 @@ async fn exec(docker: &Docker, id: &str, command: &str) -> Result<(i64, String),
     }
     let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| e.to_string())?;
     Ok((inspected.exit_code.unwrap_or(-1), output))
-}
-
-fn labels(ctx: &RunContext, what: &str) -> HashMap<String, String> {
-    [
-        ("pipe.run", ctx.run_id.as_str()),
-        ("pipe.pipeline", ctx.pipeline.as_str()),
-        ("pipe.service", what),
-        ("pipe.pid", &std::process::id().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-pub fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect()
 }
