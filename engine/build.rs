@@ -41,6 +41,7 @@ fn main() {
     assert!(status.success(), "building the built-in plugins (plugins/) for {TARGET} failed");
 
     let out = PathBuf::from(env("OUT_DIR"));
+    interface_versions(&root.join("sdk/wit"), &out);
     let mut table = String::from("pub const PLUGINS: &[(&str, &[u8])] = &[\n");
     for name in &names {
         let file = format!("{}.wasm", name.replace('-', "_"));
@@ -51,6 +52,29 @@ fn main() {
     }
     table.push_str("];\n");
     std::fs::write(out.join("builtin_plugins.rs"), table).expect("write builtin_plugins.rs");
+}
+
+/// The plugin interface versions the host serves, read from the WIT packages
+/// themselves (`sdk/wit/v<version>/plugin.wit`), so that a version is written
+/// in exactly one place.
+fn interface_versions(wit: &Path, out: &Path) {
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(wit).expect("read sdk/wit/").flatten() {
+        let folder = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path().join("plugin.wit"))
+            .unwrap_or_else(|e| panic!("read sdk/wit/{folder}/plugin.wit: {e}"));
+        let version = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package pipe:plugin@")?.strip_suffix(';'))
+            .unwrap_or_else(|| panic!("sdk/wit/{folder}/plugin.wit has no `package pipe:plugin@VERSION;` line"));
+        assert_eq!(folder, format!("v{version}"), "sdk/wit/{folder} holds version {version}: name the folder after it");
+        versions.push(version.to_string());
+    }
+    versions.sort_by_key(|v| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+    let list: Vec<String> = versions.iter().map(|v| format!("{v:?}")).collect();
+    let code =
+        format!("/// Every interface version, oldest first.\npub const VERSIONS: &[&str] = &[{}];\n", list.join(", "));
+    std::fs::write(out.join("interface_versions.rs"), code).expect("write interface_versions.rs");
 }
 
 fn env(key: &str) -> String {

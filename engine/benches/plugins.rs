@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::{RUNS, median, ms, us};
 
-use pipe::plugin::{Granted, Host, PluginRun, Prepared, Resolved};
+use pipe::plugin::contract::Input;
+use pipe::plugin::{Call, Granted, Host, PluginRun, Prepared, Resolved};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
@@ -87,34 +88,39 @@ fn main() {
         disk.push(timed(|| host.load(&resolved).map(|_| ())));
         memory.push(timed(|| host.load(&resolved).map(|_| ())));
     }
-    let (component, _) = host.load(&resolved).expect("load");
-    let info = rt.block_on(host.describe("hostile", &component)).expect("describe");
-    let prepared = Arc::new(Prepared { resolved, component, info });
+    let (component, version, _) = host.load(&resolved).expect("load");
+    let info = rt.block_on(host.describe("hostile", &component, version)).expect("describe");
+    let prepared = Arc::new(Prepared { resolved, component, version, info });
     let call = |mode: &str, target: &str| PluginRun {
         plugin: prepared.clone(),
-        config: vec![("mode".into(), mode.into()), ("target".into(), target.into())],
+        call: Call::Run,
+        input: Input {
+            config: vec![("mode".into(), mode.into()), ("target".into(), target.into())],
+            ..Input::default()
+        },
         granted: Granted::default(),
-        workspace: None,
         memory: pipe::plugin::DEFAULT_MEMORY,
-        state: pipe::state::StateStore::open(dir.path(), "bench"),
+        state: None,
         workdir: dir.path().to_path_buf(),
-        output_file: dir.path().join("outputs"),
+        output_file: None,
     };
-    let log = pipe::run::log::StepLog::sink("bench");
+    let log = pipe::step::StepLog::sink("bench");
     let cancel = CancellationToken::new();
+    let ok =
+        |run: &PluginRun| rt.block_on(host.invoke(run, &log, &cancel)).result.map(|_| ()).map_err(|e| format!("{e:?}"));
     let mut instantiate = Vec::new();
     let noop = call("noop", "");
     for _ in 0..RUNS * 5 {
         let start = Instant::now();
-        assert!(rt.block_on(host.run(&noop, &log, &cancel)).success());
+        ok(&noop).expect("no-op call");
         instantiate.push(start.elapsed());
     }
     const CALLS: u64 = 100_000;
     let (none, many) = (call("calls", "0"), call("calls", &CALLS.to_string()));
     let (mut base, mut full) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        base.push(timed(|| rt.block_on(host.run(&none, &log, &cancel)).success().then_some(()).ok_or(())));
-        full.push(timed(|| rt.block_on(host.run(&many, &log, &cancel)).success().then_some(()).ok_or(())));
+        base.push(timed(|| ok(&none)));
+        full.push(timed(|| ok(&many)));
     }
     let per_call = (median(&mut full).as_secs_f64() - median(&mut base).as_secs_f64()) / CALLS as f64;
     println!("loading a {} KiB component", std::fs::metadata(&wasm).map(|m| m.len() / 1024).unwrap_or(0));

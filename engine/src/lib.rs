@@ -2,13 +2,19 @@
 //!
 //! Data flows one way: text ([`lang`]) -> model -> plan ([`plan`]) -> run ([`run`]),
 //! with run records and persistent state in [`state`] and the commands in [`cli`].
+//! Below the executors sit what they share: [`step`] (endings, logs, outputs),
+//! [`event`] (the run's event stream), [`docker`] (the Engine API) and
+//! [`plugin`] (the wasmtime host).
 
 pub mod cli;
+pub mod docker;
+pub mod event;
 pub mod lang;
 pub mod plan;
 pub mod plugin;
 pub mod run;
 pub mod state;
+pub mod step;
 
 /// Parses, checks and plans one pipeline file's text: `pipe check` without the
 /// file system. Every error of the file is returned; nothing here may panic,

@@ -132,7 +132,8 @@ impl Request {
     }
 }
 
-/// Just enough of a URL for outgoing requests: `http[s]://host[:port][/path?query]`.
+/// An outgoing request's target, read by the `http` crate's URI parser
+/// (IPv6 hosts, ports, queries): `http[s]://host[:port][/path?query]`.
 struct Url {
     https: bool,
     authority: String,
@@ -141,20 +142,34 @@ struct Url {
 
 impl Url {
     fn parse(url: &str) -> Result<Url, String> {
-        let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err(format!("`{url}` is not an http:// or https:// URL"));
+        let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() {
-            return Err(format!("`{url}` has no host"));
+        let authority = uri.authority().map(|a| a.as_str()).filter(|a| !a.is_empty());
+        let authority = authority.ok_or_else(|| format!("`{url}` has no host"))?;
+        if authority.contains('@') {
+            return Err(format!("`{url}`: credentials in URLs are not supported; send a header instead"));
         }
-        Ok(Url { https, authority: authority.into(), path: path.into() })
+        let path = if uri.path().is_empty() { "/" } else { uri.path() };
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        Ok(Url { https, authority: authority.to_string(), path: format!("{path}{query}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Url;
+
+    #[test]
+    fn urls_with_ipv6_ports_and_queries() {
+        let u = Url::parse("http://[::1]:8080/health?deep=1").expect("valid");
+        assert_eq!((u.https, u.authority.as_str(), u.path.as_str()), (false, "[::1]:8080", "/health?deep=1"));
+        let u = Url::parse("https://hooks.example.com?x=1").expect("valid");
+        assert_eq!((u.https, u.authority.as_str(), u.path.as_str()), (true, "hooks.example.com", "/?x=1"));
+        assert!(Url::parse("ftp://x/").is_err());
+        assert!(Url::parse("http:///path").is_err());
     }
 }

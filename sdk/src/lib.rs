@@ -1,12 +1,14 @@
 //! Write [pipe](https://example.invalid/pipe) plugins in Rust.
 //!
-//! A plugin is a WebAssembly component (`wasm32-wasip2`) that a pipeline step runs
-//! with `uses "name"`. It runs sandboxed: it can read and write only the
-//! directories, reach only the hosts and run only the commands that the step
-//! grants (`allow-read`, `allow-write`, `allow-net`, `allow-exec`).
+//! A plugin is a WebAssembly component (`wasm32-wasip2`) that a pipeline runs
+//! as a step (`uses "name"`) or in a deployment role (`health`, `traffic`,
+//! `analysis`, `notify`). It runs sandboxed: it can read and write only the
+//! directories, reach only the hosts and run only the commands that the
+//! pipeline grants, explicitly (`allow-read`, `allow-net`, …) or through the
+//! values of its typed settings ([`FieldKind`]).
 //!
 //! ```no_run
-//! use pipe_sdk::{Capability, Context, Description, Field, Plugin};
+//! use pipe_sdk::{Context, Description, Field, Plugin};
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Config {
@@ -26,13 +28,11 @@
 //!             .field(Field::optional("shout", "upper-case the greeting"))
 //!     }
 //!
-//!     fn run(config: Config, ctx: &Context) -> Result<(), String> {
+//!     fn run(config: Config, _ctx: &Context) -> Result<(), String> {
 //!         let text = format!("hello, {}", config.name);
 //!         let text = if config.shout { text.to_uppercase() } else { text };
 //!         pipe_sdk::log(&text);
-//!         pipe_sdk::output("greeting", &text)?;
-//!         let _ = ctx;
-//!         Ok(())
+//!         pipe_sdk::output("greeting", &text)
 //!     }
 //! }
 //!
@@ -41,6 +41,8 @@
 //!
 //! Build it with `pipe plugin build` (or `cargo build --release --target
 //! wasm32-wasip2`), then try it alone with `pipe plugin run target/…/greet.wasm name=you`.
+//! The interface version is the WIT package's (`wit/v0.2.0`): the host reads it
+//! from the component's own imports and exports.
 
 // Lets the generated bindings name this crate by its public path from inside it.
 extern crate self as pipe_sdk;
@@ -50,19 +52,17 @@ pub mod fs;
 pub mod http;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use bindings::exports::pipe::plugin::plugin as wit;
-pub use bindings::exports::pipe::plugin::plugin::Capability;
 use bindings::pipe::plugin::host;
-
-/// The interface version this SDK implements; the host checks it before loading.
-pub const INTERFACE_VERSION: &str = "0.1.0";
+use bindings::pipe::plugin::types as wit;
+pub use bindings::pipe::plugin::types::{Backend, Capability, Event, FieldKind, Measurement, Role, Side, Window};
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit",
-        world: "step",
+        path: "wit/v0.2.0",
+        world: "pipe-plugin",
         pub_export_macro: true,
         default_bindings_module: "pipe_sdk::bindings",
         runtime_path: "pipe_sdk::__private::rt",
@@ -79,34 +79,70 @@ pub mod __private {
         P::describe().into_wit()
     }
 
-    pub fn run<P: Plugin>(input: wit::Input) -> Result<(), String> {
+    /// Reads the input into the plugin's context and configuration, then calls `f`.
+    pub fn with<P: Plugin, T>(
+        input: wit::Input,
+        f: impl FnOnce(P::Config, &Context) -> Result<T, String>,
+    ) -> Result<T, String> {
         let ctx = Context {
             config: input.config.into_iter().collect(),
             env: input.env.into_iter().collect(),
             workspace: input.workspace,
         };
         let config = crate::config::from_map::<P::Config>(&ctx.config)?;
-        P::run(config, &ctx)
+        f(config, &ctx)
     }
 }
 
-/// A plugin: what it is, and what it does when a step runs it.
+/// A plugin: what it is, and what it does in each role it takes. Implement
+/// `run` for a step, and the functions of the roles your description lists.
 pub trait Plugin {
-    /// The step's configuration (the properties of its `uses` node), read with serde.
+    /// The settings (the properties of the pipeline's node), read with serde.
     /// Values arrive as text and are converted to the field types (numbers, booleans).
     type Config: serde::de::DeserializeOwned;
 
-    /// Name, version, configuration fields and the capabilities the plugin needs.
+    /// Name, version, settings, capabilities and roles.
     fn describe() -> Description;
 
-    /// Runs the step. An `Err` fails it with that message.
-    fn run(config: Self::Config, ctx: &Context) -> Result<(), String>;
+    /// Role `step`: runs the step. An `Err` fails it with that message.
+    fn run(config: Self::Config, ctx: &Context) -> Result<(), String> {
+        let _ = (config, ctx);
+        Err(not_in_role("a step"))
+    }
+
+    /// Role `health`: one check of the instance at `address` (`host:port`).
+    fn check(config: Self::Config, ctx: &Context, address: &str) -> Result<String, String> {
+        let _ = (config, ctx, address);
+        Err(not_in_role("a health check"))
+    }
+
+    /// Role `traffic`: route the service's traffic to `backends`, by weight.
+    fn route(config: Self::Config, ctx: &Context, backends: &[Backend]) -> Result<String, String> {
+        let _ = (config, ctx, backends);
+        Err(not_in_role("a traffic switch"))
+    }
+
+    /// Role `analysis`: measure the canary and the baseline over `window`.
+    fn measure(config: Self::Config, ctx: &Context, window: &Window) -> Result<Measurement, String> {
+        let _ = (config, ctx, window);
+        Err(not_in_role("an analysis"))
+    }
+
+    /// Role `notify`: tell people about a deployment event.
+    fn notify(config: Self::Config, ctx: &Context, event: &Event) -> Result<(), String> {
+        let _ = (config, ctx, event);
+        Err(not_in_role("a notifier"))
+    }
 }
 
-/// What a plugin can see of the step that runs it.
+fn not_in_role(role: &str) -> String {
+    format!("this plugin cannot be used as {role}: its description does not list that role")
+}
+
+/// What a plugin can see of the step or deployment that runs it.
 #[derive(Debug)]
 pub struct Context {
-    /// The configuration as text, as the pipeline wrote it (after interpolation).
+    /// The settings as text, as the pipeline wrote them (after interpolation).
     pub config: BTreeMap<String, String>,
     /// Environment variables the step granted with `allow-env`.
     pub env: BTreeMap<String, String>,
@@ -122,6 +158,7 @@ pub struct Description {
     summary: String,
     fields: Vec<Field>,
     capabilities: Vec<Capability>,
+    roles: Vec<Role>,
 }
 
 impl Description {
@@ -132,6 +169,7 @@ impl Description {
             summary: summary.into(),
             fields: Vec::new(),
             capabilities: Vec::new(),
+            roles: Vec::new(),
         }
     }
 
@@ -146,6 +184,12 @@ impl Description {
         self
     }
 
+    /// Declares a role the plugin takes (a plugin that declares none is a step).
+    pub fn role(mut self, role: Role) -> Self {
+        self.roles.push(role);
+        self
+    }
+
     fn into_wit(self) -> wit::Description {
         wit::Description {
             name: self.name,
@@ -154,28 +198,37 @@ impl Description {
             fields: self
                 .fields
                 .into_iter()
-                .map(|f| wit::Field { name: f.name, description: f.description, required: f.required })
+                .map(|f| wit::Field { name: f.name, description: f.description, required: f.required, kind: f.kind })
                 .collect(),
             capabilities: self.capabilities,
+            roles: if self.roles.is_empty() { vec![Role::Step] } else { self.roles },
         }
     }
 }
 
-/// One configuration key.
+/// One setting.
 #[derive(Clone, Debug)]
 pub struct Field {
     name: String,
     description: String,
     required: bool,
+    kind: FieldKind,
 }
 
 impl Field {
     pub fn required(name: &str, description: &str) -> Self {
-        Field { name: name.into(), description: description.into(), required: true }
+        Field { name: name.into(), description: description.into(), required: true, kind: FieldKind::Text }
     }
 
     pub fn optional(name: &str, description: &str) -> Self {
-        Field { name: name.into(), description: description.into(), required: false }
+        Field { name: name.into(), description: description.into(), required: false, kind: FieldKind::Text }
+    }
+
+    /// What the value is; a typed value is also a grant of exactly that
+    /// (a file's directory, a command, a URL's host, an address).
+    pub fn kind(mut self, kind: FieldKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 
@@ -189,7 +242,14 @@ pub fn output(key: &str, value: &str) -> Result<(), String> {
     host::set_output(key, value)
 }
 
-/// The pipeline's persistent state: small facts that outlive a run.
+/// A duration in pipe's own grammar (`500ms`, `30s`, `10m`, `1h 30m`), as a
+/// pipeline writes it.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("bad duration `{text}`: {e}"))
+}
+
+/// The pipeline's persistent state: small facts that outlive a run, stored
+/// under this plugin's name.
 pub mod state {
     use super::host;
 
@@ -205,14 +265,22 @@ pub mod state {
 /// What a command run with [`exec`] did.
 pub use host::ExecOutput;
 
-/// Runs a command the step allowed with `allow-exec`. Refused otherwise.
+/// Runs a command the step allowed (`allow-exec`, or a `command` setting).
 pub fn exec(program: &str, args: &[&str]) -> Result<ExecOutput, String> {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     host::exec(program, &args)
 }
 
-/// Exports a [`Plugin`] implementation as the component's entry points, and
-/// stamps the interface version into the component for the host to check.
+/// Runs a command line from a setting, split into words as a shell would
+/// (quotes respected, no expansion).
+pub fn exec_line(line: &str) -> Result<ExecOutput, String> {
+    let words = shell_words::split(line).map_err(|e| format!("cannot split `{line}`: {e}"))?;
+    let (program, args) = words.split_first().ok_or_else(|| "empty command".to_string())?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    exec(program, &args)
+}
+
+/// Exports a [`Plugin`] implementation as the component's entry points.
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
@@ -220,21 +288,37 @@ macro_rules! export {
         struct __PipePluginExport;
 
         impl $crate::bindings::exports::pipe::plugin::plugin::Guest for __PipePluginExport {
-            fn describe() -> $crate::bindings::exports::pipe::plugin::plugin::Description {
+            fn describe() -> $crate::bindings::pipe::plugin::types::Description {
                 $crate::__private::describe::<$plugin>()
             }
 
-            fn run(input: $crate::bindings::exports::pipe::plugin::plugin::Input) -> Result<(), String> {
-                $crate::__private::run::<$plugin>(input)
+            fn run(input: $crate::bindings::pipe::plugin::types::Input) -> Result<(), String> {
+                $crate::__private::with::<$plugin, _>(input, |c, ctx| <$plugin as $crate::Plugin>::run(c, ctx))
+            }
+
+            fn check(input: $crate::bindings::pipe::plugin::types::Input, address: String) -> Result<String, String> {
+                $crate::__private::with::<$plugin, _>(input, |c, ctx| <$plugin as $crate::Plugin>::check(c, ctx, &address))
+            }
+
+            fn route(
+                input: $crate::bindings::pipe::plugin::types::Input,
+                backends: Vec<$crate::Backend>,
+            ) -> Result<String, String> {
+                $crate::__private::with::<$plugin, _>(input, |c, ctx| <$plugin as $crate::Plugin>::route(c, ctx, &backends))
+            }
+
+            fn measure(
+                input: $crate::bindings::pipe::plugin::types::Input,
+                window: $crate::Window,
+            ) -> Result<$crate::Measurement, String> {
+                $crate::__private::with::<$plugin, _>(input, |c, ctx| <$plugin as $crate::Plugin>::measure(c, ctx, &window))
+            }
+
+            fn notify(input: $crate::bindings::pipe::plugin::types::Input, event: $crate::Event) -> Result<(), String> {
+                $crate::__private::with::<$plugin, _>(input, |c, ctx| <$plugin as $crate::Plugin>::notify(c, ctx, &event))
             }
         }
 
         $crate::bindings::export!(__PipePluginExport with_types_in $crate::bindings);
-
-        // Read by the host before it compiles the component.
-        #[allow(unsafe_code)]
-        #[unsafe(link_section = "pipe-plugin-interface")]
-        #[used]
-        static __PIPE_PLUGIN_INTERFACE: [u8; 5] = *b"0.1.0";
     };
 }

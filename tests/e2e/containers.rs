@@ -95,10 +95,21 @@ fn a_missing_image_with_pull_never_fails_clearly() {
     assert!(reason.contains("docker build") && reason.contains("docker load"), "{reason}");
 }
 
+/// pipe's identity labels, as a run of this machine, user and PID namespace writes them.
+fn identity() -> Vec<(String, String)> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let pidns = std::fs::read_link("/proc/self/ns/pid").expect("pid ns");
+    vec![
+        ("pipe.boot".into(), boot.trim().into()),
+        ("pipe.pidns".into(), pidns.display().to_string()),
+        ("pipe.uid".into(), nix::unistd::geteuid().to_string()),
+    ]
+}
+
 #[test]
-fn gc_removes_what_a_killed_run_left_behind() {
+fn gc_removes_only_what_provably_dead_runs_of_this_machine_left() {
     use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::CreateContainerOptions;
+    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
     let image = Image::busybox();
     let name = unique("ctr-gc");
     let dead_pid = {
@@ -109,24 +120,48 @@ fn gc_removes_what_a_killed_run_left_behind() {
     };
     let rt = crate::support::docker::runtime();
     let docker = crate::support::docker::docker(&rt);
-    let labels = [("pipe.run", "dead-run"), ("pipe.pipeline", name.as_str()), ("pipe.pid", &dead_pid.to_string())]
+    let create = |suffix: &str, extra: Vec<(String, String)>| {
+        let mut labels: std::collections::HashMap<String, String> = [
+            ("pipe.run".to_string(), "dead-run".to_string()),
+            ("pipe.pipeline".into(), name.clone()),
+            ("pipe.pid".into(), dead_pid.to_string()),
+            ("pipe.case".into(), suffix.to_string()),
+        ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let body = ContainerCreateBody {
-        image: Some(image.tag.clone()),
-        cmd: Some(vec!["sleep".into(), "60".into()]),
-        labels: Some(labels),
-        ..Default::default()
+        labels.extend(extra);
+        let body = ContainerCreateBody {
+            image: Some(image.tag.clone()),
+            cmd: Some(vec!["sleep".into(), "60".into()]),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(format!("{name}-{suffix}")), ..Default::default() };
+        rt.block_on(docker.create_container(Some(options), body)).expect("create");
     };
-    rt.block_on(
-        docker.create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body),
-    )
-    .expect("create");
-    assert_eq!(containers_with("pipe.pipeline", &name).len(), 1);
+    create("ours", identity());
+    // The same pid in another PID namespace (a CI job sharing the Docker socket) proves nothing.
+    let mut elsewhere = identity();
+    elsewhere[1].1 = "pid:[1]".into();
+    create("elsewhere", elsewhere);
+    // Labels from before pipe recorded who it was: not provably dead either.
+    create("unknown", Vec::new());
+    // A deployment instance outlives its run on purpose.
+    let mut deployed = identity();
+    deployed.push(("pipe.deploy".into(), "p/orders".into()));
+    create("deployed", deployed);
     let out = Test::new().args(&["gc"]).expect(0);
     assert!(out.stdout.contains("removed"), "{}", out.stdout);
-    assert!(containers_with("pipe.pipeline", &name).is_empty());
+    let left: Vec<String> = ["ours", "elsewhere", "unknown", "deployed"]
+        .into_iter()
+        .filter(|case| !containers_with("pipe.case", case).is_empty())
+        .map(String::from)
+        .collect();
+    for id in containers_with("pipe.pipeline", &name) {
+        let options = RemoveContainerOptions { force: true, ..Default::default() };
+        let _ = rt.block_on(docker.remove_container(&id, Some(options)));
+    }
+    assert_eq!(left, ["elsewhere", "unknown", "deployed"]);
 }
 
 #[test]

@@ -9,5 +9,6 @@ mod discovery;
 mod examples;
 mod plugins;
 mod records;
+mod sandbox;
 mod scheduling;
 mod secrets;

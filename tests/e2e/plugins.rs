@@ -68,20 +68,38 @@ fn hostile_plugins_fail_only_their_own_step() {
 }
 
 #[test]
-fn a_plugin_for_another_interface_version_is_refused_before_anything_runs() {
-    let mut bytes = std::fs::read(test_plugin("hostile")).expect("read");
-    let at = bytes.windows(26).position(|w| w == b"pipe-plugin-interface\x30.1.0").expect("the stamp");
-    bytes[at + 21] = b'9';
-    let test = Test::new().file("old.wasm", "");
-    std::fs::write(test.path().join("old.wasm"), &bytes).expect("write");
+fn a_plugin_for_another_interface_version_is_refused_at_its_step() {
+    let test = Test::new().file("future.wasm", "");
+    std::fs::copy(test_plugin("future"), test.path().join("future.wasm")).expect("copy");
     let out = test
-        .pipeline(
-            r#"pipeline "p" { stage "s" { step "x" { uses "./old.wasm" mode="ok" }; step "y" { run "touch ran" } } }"#,
-        )
+        .pipeline(r#"pipeline "p" { stage "s" { step "x" { uses "./future.wasm" }; step "y" { run "touch ran" } } }"#)
         .args(&["run"])
         .expect(2);
-    assert!(out.stderr.contains("was built for plugin interface 9.1.0; this pipe speaks 0.1.0"), "{}", out.stderr);
+    // Read from the component's own imports and exports, not a stamp it could fake.
+    assert!(
+        out.stderr.contains("./future.wasm was built for plugin interface 9.0.0; this pipe speaks 0.1.0, 0.2.0"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("built for interface 9.0.0") && out.stderr.contains("pipe.kdl:1:"), "{}", out.stderr);
     assert!(!out.exists("ran"));
+}
+
+#[test]
+fn a_plugin_of_interface_0_1_still_loads_and_runs() {
+    let test = Test::new().file(".pipe/plugins/legacy.wasm", "");
+    std::fs::copy(test_plugin("legacy"), test.path().join(".pipe/plugins/legacy.wasm")).expect("install");
+    let dir = test.path().to_path_buf();
+    let out = test
+        .pipeline(r#"pipeline "p" { stage "s" { step "old" { uses "legacy" greeting="hello" } } }"#)
+        .args(&["run"])
+        .expect(0);
+    assert!(out.stdout.contains("legacy says hello"), "{}", out.stdout);
+    assert_eq!(out.step("s.old")["outputs"]["said"], "hello");
+    let state = Test::new().args(&["-C", dir.to_str().expect("utf-8"), "state", "p"]).expect(0);
+    assert!(state.stdout.contains("legacy/said=hello"), "its state is namespaced too: {}", state.stdout);
+    let inspect = Test::new().args(&["plugin", "inspect", test_plugin("legacy").to_str().expect("utf-8")]).expect(0);
+    assert!(inspect.stdout.contains("interface   pipe:plugin@0.1.0"), "{}", inspect.stdout);
 }
 
 #[test]
@@ -152,7 +170,7 @@ fn nginx_switch_moves_traffic_and_refuses_a_config_nginx_rejects() {
     assert_eq!(std::fs::read_to_string(nginx.prefix.join("app.inc")).expect("inc"), before);
     assert_eq!(get(nginx.port, "/").as_deref(), Ok("green"), "the old upstream still serves");
     let state = Test::new()
-        .args(&["-C", dir.to_str().expect("utf-8"), "state", "p", "get", "nginx-switch.app.current"])
+        .args(&["-C", dir.to_str().expect("utf-8"), "state", "p", "get", "nginx-switch/app.current"])
         .expect(0);
     assert_eq!(state.stdout.trim(), format!("{}=1", green.addr()));
 }
@@ -242,7 +260,8 @@ fn plugin_tools_inspect_and_run_one_plugin_alone() {
     let path = hostile.to_str().expect("utf-8");
     let inspect = Test::new().args(&["plugin", "inspect", path]).expect(0);
     assert!(inspect.stdout.contains("hostile 0.1.0 — Misbehaves on purpose"), "{}", inspect.stdout);
-    assert!(inspect.stdout.contains("interface   pipe:plugin@0.1.0"));
+    assert!(inspect.stdout.contains("interface   pipe:plugin@0.2.0"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains("roles       uses"), "{}", inspect.stdout);
     let ok = Test::new().args(&["plugin", "run", path, "mode=ok"]).expect(0);
     assert!(ok.stdout.contains("output: done=yes"), "{}", ok.stdout);
     let denied = Test::new().args(&["plugin", "run", path, "mode=exec"]).expect(1);

@@ -34,13 +34,53 @@ pipeline "p" {
 }
 
 #[test]
-fn a_missing_secret_stops_the_run_before_any_step() {
+fn each_line_of_a_multi_line_secret_is_masked() {
+    let key = "-----BEGIN TEST KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIB\n-----END TEST KEY-----";
+    let b64_line = base64::engine::general_purpose::STANDARD.encode("AQEFAASCBKcwggSjAgEAAoIB");
     let out = Test::new()
-        .pipeline(r#"pipeline "p" { secrets { from-env "NOPE_TOKEN" }; stage "s" { step "x" { run "touch ran" } } }"#)
+        .pipeline(
+            r#"
+pipeline "p" {
+    secrets { from-env "TLS_KEY" }
+    stage "s" {
+        step "print" {
+            run "printf '%s\n' \"$K\"; printf %s AQEFAASCBKcwggSjAgEAAoIB | base64"
+            env { K "${secrets.TLS_KEY}" }
+        }
+    }
+}
+"#,
+        )
+        .env("TLS_KEY", key)
+        .args(&["run"])
+        .expect(0);
+    let everything = format!("{}{}{}", out.stdout, out.stderr, dump(&out.dir.join(".pipe")));
+    for leaked in ["MIIEvQIBADANBgkqhkiG9w0B", "AQEFAASCBKcwggSjAgEAAoIB", b64_line.as_str()] {
+        assert!(!everything.contains(leaked), "`{leaked}` leaked:\n{everything}");
+    }
+}
+
+#[test]
+fn a_secret_is_needed_only_by_a_step_that_runs_and_reads_it() {
+    let out = Test::new()
+        .pipeline(
+            r#"
+pipeline "p" {
+    secrets { from-env "NOPE_TOKEN" }
+    stage "s" {
+        step "plain" { run "touch ran" }
+        step "skipped" { run "echo ${secrets.NOPE_TOKEN}"; when env="NEVER_SET" }
+        step "reads" { run "echo ${secrets.NOPE_TOKEN}"; needs "plain" }
+    }
+}
+"#,
+        )
         .args(&["run"])
         .expect(1);
-    assert!(out.stderr.contains("secret `NOPE_TOKEN` is not set"), "{}", out.stderr);
-    assert!(!out.exists("ran"));
+    assert!(out.exists("ran"), "a step that does not read the secret runs");
+    assert_eq!(out.status("s.skipped"), "skipped");
+    let why = out.step("s.reads")["reason"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("`${secrets.NOPE_TOKEN}`: secret `NOPE_TOKEN` is not set in the environment"), "{why}");
 }
 
 #[test]

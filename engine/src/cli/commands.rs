@@ -7,8 +7,9 @@ use super::diagnostics::eprint;
 use super::project::{Loaded, Project};
 use super::report;
 use super::{Cli, Command, Format, RunArgs, StateAction, exit};
+use crate::event::{self, Events, Subscriber};
 use crate::plan::GraphFormat;
-use crate::run::{self, Events, RunOptions};
+use crate::run::{self, RecordWriter, RunOptions};
 use crate::state::{RunRecord, StateStore};
 
 pub fn dispatch(cli: Cli) -> u8 {
@@ -92,8 +93,10 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     let (events, rx) = Events::channel();
+    let mut subscribers: Vec<Box<dyn Subscriber>> =
+        vec![report::console(args.format, &plan), Box::new(RecordWriter::new(root.to_path_buf()))];
     let result = runtime.block_on(async {
-        let (result, ()) = tokio::join!(run::run(&plan, opts, events), report::report(args.format, &plan, rx));
+        let (result, ()) = tokio::join!(run::run(&plan, opts, events), event::deliver(rx, &mut subscribers));
         result
     });
     match result {
@@ -286,8 +289,8 @@ fn gc() -> u8 {
         Err(code) => return code,
     };
     let result = rt.block_on(async {
-        let docker = run::container::client().await?;
-        run::container::collect_garbage(docker).await
+        let docker = crate::docker::client().await?;
+        crate::docker::collect_garbage(docker).await
     });
     match result {
         Ok(n) => {

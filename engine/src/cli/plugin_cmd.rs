@@ -11,8 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::diagnostics::eprint;
 use super::exit;
 use super::project::Project;
-use crate::plugin::{self, DEFAULT_MEMORY, Granted, Host, LockMode, PluginRun, Prepared, Resolved};
-use crate::run::{Event, Events};
+use crate::event::{Event, Events};
+use crate::plugin::contract::Input;
+use crate::plugin::{self, Call, DEFAULT_MEMORY, Granted, Host, LockMode, PluginRun, PluginState, Prepared, Resolved};
+use crate::run::executor::{Invocation, execute};
+use crate::step::{Exit, StepLog};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -65,7 +68,7 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: PluginCommand) -> u8 
         PluginCommand::Inspect { file, json } => rt.block_on(inspect(&file, json)),
         PluginCommand::Run { file, settings, net, read, write, exec, memory, timeout } => {
             let granted =
-                Granted { net, read: absolute(read), write: absolute(write), exec: split(exec), env: Vec::new() };
+                Granted { net, read: absolute(read), write: absolute(write), exec: split(exec), ..Granted::default() };
             let memory = crate::lang::parse_size(&memory).unwrap_or(DEFAULT_MEMORY);
             rt.block_on(run_alone(&file, &settings, granted, memory, timeout.into()))
         }
@@ -86,9 +89,10 @@ async fn load(file: &Path) -> Result<Arc<Prepared>, u8> {
     let resolved =
         Resolved { name: file.display().to_string(), origin: file.display().to_string(), bytes: bytes.into(), sha256 };
     let host = Host::global().map_err(|e| fail(&e))?;
-    let (component, _) = host.load(&resolved).map_err(|e| fail(&e))?;
-    let info = host.describe(&resolved.name, &component).await.map_err(|e| fail(&e))?;
-    Ok(Arc::new(Prepared { resolved, component, info }))
+    let (component, version, _) =
+        host.load(&resolved).map_err(|e| fail(&plugin::load_error(&resolved.name, e, None)))?;
+    let info = host.describe(&resolved.name, &component, version).await.map_err(|e| fail(&e))?;
+    Ok(Arc::new(Prepared { resolved, component, version, info }))
 }
 
 async fn inspect(file: &Path, json: bool) -> u8 {
@@ -106,10 +110,14 @@ async fn inspect(file: &Path, json: bool) -> u8 {
     println!("sha256      {}", p.resolved.sha256);
     let caps = if i.capabilities.is_empty() { "none".to_string() } else { i.capabilities.join(", ") };
     println!("needs       {caps}");
+    let roles: Vec<&str> = i.roles.iter().map(|r| r.node()).collect();
+    println!("roles       {}", roles.join(", "));
     println!("settings");
     for f in &i.fields {
         let req = if f.required { " (required)" } else { "" };
-        println!("  {:<18} {}{req}", f.name, f.description);
+        let grants = f.kind.grants();
+        let grants = if grants.is_empty() { String::new() } else { format!("; {grants}") };
+        println!("  {:<18} {}{req}{grants}", f.name, f.description);
     }
     exit::OK
 }
@@ -142,34 +150,62 @@ async fn run_alone(
             return exit::FAILED;
         }
     };
+    let granted =
+        match granted.with_settings(&config, &plugin.info.fields, &std::env::current_dir().unwrap_or_default()) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INVALID;
+            }
+        };
     let (events, mut rx) = Events::channel();
-    let log = crate::run::log::StepLog::new(scratch.path().join("plugin.log"), "plugin", events, Default::default());
+    let log = StepLog::new(scratch.path().join("plugin.log"), "plugin", events, Default::default());
+    let output_file = scratch.path().join("outputs");
+    let state = PluginState {
+        store: crate::state::StateStore::open(scratch.path(), "plugin-run"),
+        namespace: plugin.info.name.clone(),
+        shared: Vec::new(),
+    };
     let call = PluginRun {
         plugin,
-        config,
+        call: Call::Run,
+        input: Input { config, env: Vec::new(), workspace: None },
         granted,
-        workspace: None,
         memory,
-        state: crate::state::StateStore::open(scratch.path(), "plugin-run"),
+        state: Some(state),
         workdir: std::env::current_dir().unwrap_or_default(),
-        output_file: scratch.path().join("outputs"),
+        output_file: Some(output_file.clone()),
     };
-    let Ok(host) = Host::global() else { return exit::FAILED };
+    // The same path as a step: the executor seam, on the plugin host's threads.
+    let invocation = Invocation::Plugin(Arc::new(call));
     let cancel = CancellationToken::new();
-    let exit_status = tokio::select! {
-        e = host.run(&call, &log, &cancel) => e,
-        () = tokio::time::sleep(timeout) => {
-            cancel.cancel();
-            crate::run::executor::Exit::Error(format!("timed out after {}", humantime::format_duration(timeout)))
+    let running = async {
+        tokio::select! {
+            e = execute(&invocation, &log, &cancel) => e,
+            () = tokio::time::sleep(timeout) => {
+                cancel.cancel();
+                Exit::Error(format!("timed out after {}", humantime::format_duration(timeout)))
+            }
         }
     };
-    drop(log);
+    let printing = async {
+        while let Some(e) = rx.recv().await {
+            if let Event::StepLog { line, .. } = e {
+                println!("{line}");
+            }
+        }
+    };
+    let exit_status = tokio::select! {
+        e = running => e,
+        () = printing => Exit::Error("the log stream ended early".into()),
+    };
+    drop((log, invocation));
     while let Ok(e) = rx.try_recv() {
         if let Event::StepLog { line, .. } = e {
             println!("{line}");
         }
     }
-    let outputs = std::fs::read_to_string(&call.output_file).unwrap_or_default();
+    let outputs = std::fs::read_to_string(&output_file).unwrap_or_default();
     for line in outputs.lines() {
         println!("output: {line}");
     }

@@ -107,6 +107,11 @@ impl Template {
         Template { parts, loc: loc.clone() }
     }
 
+    /// The text, when it holds no reference.
+    pub fn as_literal(&self) -> Option<String> {
+        self.render(|_| Err(())).ok()
+    }
+
     pub fn refs(&self) -> impl Iterator<Item = &Reference> {
         self.parts.iter().filter_map(|p| match p {
             Part::Ref(r) => Some(r),

@@ -209,19 +209,36 @@ pub struct PluginCall {
     pub memory: Option<u64>,
 }
 
-/// What a plugin step may touch. Nothing is granted by default.
+/// What a plugin step may touch. Nothing is granted by default. Values may
+/// use `${…}` (a port from state, a directory from `${pipeline.dir}`).
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
     /// `host:port` a plugin may send HTTP requests to.
-    pub net: Vec<Spanned<String>>,
+    pub net: Vec<Template>,
     /// Directories it may read (relative ones are below the pipeline's directory).
-    pub read: Vec<Spanned<String>>,
+    pub read: Vec<Template>,
     /// Directories it may read and write.
-    pub write: Vec<Spanned<String>>,
+    pub write: Vec<Template>,
     /// Commands it may run: the program, then argument patterns (`*` matches any one).
-    pub exec: Vec<Spanned<Vec<String>>>,
-    /// Environment variables it may see.
+    pub exec: Vec<Vec<Template>>,
+    /// Environment variables it may see (and the commands it runs).
     pub env: Vec<Spanned<String>>,
+    /// `ip:port` it may open TCP connections to.
+    pub connect: Vec<Template>,
+    /// Other state namespaces it may use besides its own.
+    pub state: Vec<Spanned<String>>,
+}
+
+impl Grants {
+    /// Every template in the grants, for the planner to resolve.
+    pub fn templates_mut(&mut self) -> impl Iterator<Item = &mut Template> {
+        self.net
+            .iter_mut()
+            .chain(self.read.iter_mut())
+            .chain(self.write.iter_mut())
+            .chain(self.exec.iter_mut().flatten())
+            .chain(self.connect.iter_mut())
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -49,6 +49,8 @@ const STEP_NODES: &[&str] = &[
     "allow-write",
     "allow-exec",
     "allow-env",
+    "allow-connect",
+    "allow-state",
 ];
 const RESERVED_STAGE_NAMES: &[&str] = &["on-success", "on-failure", "always"];
 

@@ -6,7 +6,8 @@ use super::model::{Action, Grants, PluginCall};
 use super::parser::Parser;
 use super::reader::{Node, Spanned};
 
-pub(super) const GRANT_NODES: &[&str] = &["allow-net", "allow-read", "allow-write", "allow-exec", "allow-env"];
+pub(super) const GRANT_NODES: &[&str] =
+    &["allow-net", "allow-read", "allow-write", "allow-exec", "allow-env", "allow-connect", "allow-state"];
 
 impl Parser {
     pub(super) fn uses(&mut self, node: Node) -> Option<Action> {
@@ -34,25 +35,30 @@ impl Parser {
             node.arg_string("what it allows", &mut self.errs);
             return;
         }
-        let one_each = |list: &mut Vec<Spanned<String>>| list.extend(args.iter().cloned());
+        let literal = |a: &Spanned<String>| !a.value.contains("${");
         match node.name() {
             "allow-net" => {
-                for a in &args {
-                    if !a.value.contains(':') {
-                        self.errs.invalid(
-                            &a.loc,
-                            "allow-net",
-                            "write it as host:port",
-                            Some(format!("\"{}:80\"", a.value)),
-                        );
-                    }
+                for a in args.iter().filter(|a| literal(a) && !a.value.contains(':')) {
+                    self.errs.invalid(
+                        &a.loc,
+                        "allow-net",
+                        "write it as host:port",
+                        Some(format!("\"{}:80\"", a.value)),
+                    );
                 }
-                one_each(&mut grants.net)
+                grants.net.extend(args.iter().map(|a| self.template(a)));
             }
-            "allow-read" => one_each(&mut grants.read),
-            "allow-write" => one_each(&mut grants.write),
-            "allow-env" => one_each(&mut grants.env),
-            _ => grants.exec.push(Spanned { value: args.iter().map(|a| a.value.clone()).collect(), loc: node.loc() }),
+            "allow-connect" => {
+                for a in args.iter().filter(|a| literal(a) && a.value.parse::<std::net::SocketAddr>().is_err()) {
+                    self.errs.invalid(&a.loc, "allow-connect", "write it as ip:port (no host names)", None);
+                }
+                grants.connect.extend(args.iter().map(|a| self.template(a)));
+            }
+            "allow-read" => grants.read.extend(args.iter().map(|a| self.template(a))),
+            "allow-write" => grants.write.extend(args.iter().map(|a| self.template(a))),
+            "allow-env" => grants.env.extend(args),
+            "allow-state" => grants.state.extend(args),
+            _ => grants.exec.push(args.iter().map(|a| self.template(a)).collect()),
         }
     }
 

@@ -95,6 +95,17 @@ impl Plan {
         self.graph.node_indices().find(|&i| self.graph[i].id == id)
     }
 
+    /// Whether a run of the plan needs the Docker Engine: container steps,
+    /// image builds or services.
+    pub fn uses_docker(&self) -> bool {
+        !self.services.is_empty()
+            || self.graph.node_weights().any(|s| match s.action {
+                Action::Run(_) => s.container.is_some(),
+                Action::ImageBuild(_) => true,
+                Action::Plugin(_) => false,
+            })
+    }
+
     pub fn len(&self) -> usize {
         self.graph.node_count()
     }

@@ -524,7 +524,10 @@ pub(super) fn templates_mut(step: &mut PlannedStep) -> Vec<&mut Template> {
     let mut out: Vec<&mut Template> = Vec::new();
     match &mut step.action {
         Action::Run(run) => out.push(&mut run.script),
-        Action::Plugin(call) => out.extend(call.config.iter_mut().map(|(_, t)| t)),
+        Action::Plugin(call) => {
+            out.extend(call.config.iter_mut().map(|(_, t)| t));
+            out.extend(call.grants.templates_mut());
+        }
         Action::ImageBuild(b) => {
             out.push(&mut b.context);
             out.extend(b.tags.iter_mut());

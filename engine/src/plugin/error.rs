@@ -35,9 +35,45 @@ pub enum PluginError {
         span: SourceSpan,
     },
 
-    #[error("{plugin} was built for plugin interface {found}; this pipe speaks {expected}")]
-    #[diagnostic(code(plugin::incompatible), help("rebuild the plugin against pipe-sdk {expected}"))]
-    Incompatible { plugin: String, found: String, expected: String },
+    #[error("{plugin} was built for plugin interface {found}; this pipe speaks {served}")]
+    #[diagnostic(code(plugin::incompatible), help("rebuild the plugin against a pipe-sdk that speaks one of {served}"))]
+    Incompatible {
+        plugin: String,
+        found: String,
+        served: String,
+        #[source_code]
+        src: Option<NamedSource<Arc<str>>>,
+        #[label("built for interface {found}")]
+        span: Option<SourceSpan>,
+    },
+
+    #[error("{plugin} cannot be used as `{node}`: it is a plugin for {roles}")]
+    #[diagnostic(code(plugin::wrong_role))]
+    WrongRole {
+        plugin: String,
+        node: &'static str,
+        roles: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("not a `{node}` plugin")]
+        span: SourceSpan,
+    },
+
+    #[error("`{grant}` reaches pipe's own files: {why}")]
+    #[diagnostic(
+        code(plugin::grant_too_wide),
+        help(
+            "grant a directory that holds only what the plugin needs (run records, state, the lockfile, secrets and pipelines stay out of every grant)"
+        )
+    )]
+    GrantTooWide {
+        grant: String,
+        why: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("reaches pipe's own files")]
+        span: SourceSpan,
+    },
 
     #[error("{plugin} is not a pipe plugin: {reason}")]
     #[diagnostic(code(plugin::invalid))]

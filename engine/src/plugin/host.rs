@@ -1,41 +1,48 @@
 //! The wasmtime host: one engine per process with epoch interruption (a ticker
-//! thread), a linker with WASI p2, wasi:http and the `host` interface, and a
-//! fresh store per step (a trapped instance is never re-entered).
+//! thread), a linker with WASI p2, wasi:http and every version of the `host`
+//! interface, a fresh store per call (a trapped instance is never re-entered),
+//! and threads of its own that calls run on, so that a busy plugin never stalls
+//! the scheduler.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use super::bindings::{v0_1, v0_2};
 use super::cache::{Cache, Origin};
-use super::host_bindings::Step;
-use super::host_bindings::exports::pipe::plugin::plugin as wit;
-use super::sandbox::{Granted, HostIo, Sandbox};
-use super::{PluginError, Resolved, interface};
-use crate::run::Stream;
-use crate::run::executor::Exit;
-use crate::run::log::StepLog;
-use crate::state::StateStore;
+use super::contract::{Call, Input, PluginInfo, Reply};
+use super::grants::{Granted, escaping_links, remove_new_escaping_links};
+use super::host_api::{HostIo, PluginState};
+use super::instance::Instance;
+use super::interface::{self, Found, Version};
+use super::sandbox::Sandbox;
+use super::stderr::{Budget, LogPipe};
+use super::{PluginError, Resolved};
+use crate::step::{Exit, StepLog, outputs};
 
 /// How often the epoch ticks: the granularity of yielding and cancelling.
 const TICK: Duration = Duration::from_millis(10);
-/// Default memory limit of a plugin step.
+/// Default memory limit of a plugin call.
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
 
 pub struct Host {
     engine: Engine,
     linker: Linker<Sandbox>,
     cache: Cache,
+    /// Plugin calls run here, never on the caller's (single) runtime thread.
+    runtime: tokio::runtime::Runtime,
 }
 
 /// A plugin ready to run: resolved, checked, compiled, described.
 pub struct Prepared {
     pub resolved: Resolved,
     pub component: Component,
+    pub version: Version,
     pub info: PluginInfo,
 }
 
@@ -46,40 +53,46 @@ impl Prepared {
     }
 }
 
-/// What `describe` told us, in our own types.
-#[derive(Clone, Debug, Serialize)]
-pub struct PluginInfo {
-    pub name: String,
-    pub version: String,
-    pub summary: String,
-    pub interface: String,
-    pub fields: Vec<FieldInfo>,
-    pub capabilities: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct FieldInfo {
-    pub name: String,
-    pub description: String,
-    pub required: bool,
-}
-
-/// One run of a plugin step, every value rendered.
+/// One call of a plugin, every value rendered.
 pub struct PluginRun {
     pub plugin: Arc<Prepared>,
-    pub config: Vec<(String, String)>,
+    pub call: Call,
+    pub input: Input,
     pub granted: Granted,
-    pub workspace: Option<String>,
     pub memory: u64,
-    pub state: StateStore,
-    pub workdir: std::path::PathBuf,
-    pub output_file: std::path::PathBuf,
+    pub state: Option<PluginState>,
+    pub workdir: PathBuf,
+    /// Where a step's outputs go (`$PIPE_OUTPUT`'s format).
+    pub output_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PluginRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRun").field("plugin", &self.plugin.label()).field("config", &self.config).finish()
+        f.debug_struct("PluginRun").field("plugin", &self.plugin.label()).field("call", &self.call).finish()
     }
+}
+
+/// How a call ended, besides succeeding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin reported an error (an expected failure, through the WIT `result`).
+    Failed(String),
+    /// It trapped, panicked, ran out of memory or broke a limit; named with its version.
+    Broke(String),
+    Cancelled,
+}
+
+/// A call's result and the outputs it set.
+pub struct Outcome {
+    pub result: Result<Reply, Failure>,
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// Why a component cannot be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Incompatible { found: String },
+    Invalid(String),
 }
 
 static HOST: OnceLock<Result<Host, String>> = OnceLock::new();
@@ -98,7 +111,8 @@ impl Host {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        Step::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
+        v0_1::Step::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
+        v0_2::PipePlugin::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
         let ticking = engine.clone();
         std::thread::Builder::new().name("pipe-epoch".into()).spawn(move || {
             loop {
@@ -107,100 +121,121 @@ impl Host {
             }
         })?;
         let cache = Cache::new(&engine);
-        Ok(Host { engine, linker, cache })
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("pipe-plugin")
+            .enable_all()
+            .build()?;
+        Ok(Host { engine, linker, cache, runtime })
     }
 
-    /// Checks the interface version, then compiles or loads from the cache.
-    pub fn load(&self, r: &Resolved) -> Result<(Component, Origin), PluginError> {
-        interface::check(&r.name, &r.bytes)?;
-        self.cache
-            .load(&self.engine, &r.sha256, &r.bytes)
-            .map_err(|e| PluginError::Invalid { plugin: r.name.clone(), reason: format!("{e:#}") })
+    /// Reads the interface version, then compiles or loads from the cache.
+    pub fn load(&self, r: &Resolved) -> Result<(Component, Version, Origin), LoadError> {
+        let version = match interface::detect(&r.bytes) {
+            Found::Speaks(v) => v,
+            Found::Other(found) => return Err(LoadError::Incompatible { found }),
+            Found::Invalid(reason) => return Err(LoadError::Invalid(reason)),
+        };
+        let (component, origin) =
+            self.cache.load(&self.engine, &r.sha256, &r.bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        Ok((component, version, origin))
     }
 
     pub fn forget_loaded(&self) {
         self.cache.forget();
     }
 
-    pub async fn describe(&self, name: &str, component: &Component) -> Result<PluginInfo, PluginError> {
-        let io = HostIo::new(StepLog::sink(name), None, Vec::new(), std::env::temp_dir());
+    pub async fn describe(
+        &self,
+        name: &str,
+        component: &Component,
+        version: Version,
+    ) -> Result<PluginInfo, PluginError> {
+        let log = StepLog::sink(name);
+        let io = HostIo::new(log.clone(), Budget::default(), None, Vec::new(), Vec::new(), std::env::temp_dir());
+        let stderr = LogPipe::new(log, Budget::default());
         let mut store = self
-            .store(&Granted::default(), DEFAULT_MEMORY, io, MemoryOutputPipe::new(4096))
+            .store(&Granted::default(), DEFAULT_MEMORY, io, stderr)
             .map_err(|e| PluginError::Engine { plugin: name.to_string(), message: format!("{e:#}") })?;
         let described = async {
-            let step = Step::instantiate_async(&mut store, component, &self.linker).await?;
-            step.pipe_plugin_plugin().call_describe(&mut store).await
+            let instance = Instance::new(version, &mut store, component, &self.linker).await?;
+            instance.describe(&mut store, version).await
         };
-        let d = tokio::time::timeout(Duration::from_secs(10), described)
+        tokio::time::timeout(Duration::from_secs(10), described)
             .await
             .map_err(|_| PluginError::Engine { plugin: name.to_string(), message: "describe took over 10s".into() })?
             .map_err(|e| PluginError::Invalid {
                 plugin: name.to_string(),
-                reason: format!("describe failed: {e:#}"),
-            })?;
-        Ok(PluginInfo {
-            name: d.name,
-            version: d.version,
-            summary: d.summary,
-            interface: interface::VERSION.to_string(),
-            fields: d
-                .fields
-                .into_iter()
-                .map(|f| FieldInfo { name: f.name, description: f.description, required: f.required })
-                .collect(),
-            capabilities: d.capabilities.iter().map(|c| capability_name(*c).to_string()).collect(),
-        })
+                reason: format!("describe failed: {}", cause(&e)),
+            })
     }
 
-    pub async fn run(&self, call: &PluginRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
-        let label = call.plugin.label();
-        let stderr = MemoryOutputPipe::new(64 << 10);
-        let io = HostIo::new(log.clone(), Some(call.state.clone()), call.granted.exec.clone(), call.workdir.clone());
-        let mut store = match self.store(&call.granted, call.memory, io, stderr.clone()) {
+    /// Starts a call on the plugin threads.
+    pub fn spawn(
+        &'static self,
+        run: Arc<PluginRun>,
+        log: StepLog,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        self.runtime.spawn(async move { self.invoke(&run, &log, &cancel).await })
+    }
+
+    /// Runs one call to its end, its cancellation, or its sandbox's limits.
+    pub async fn invoke(&self, run: &PluginRun, log: &StepLog, cancel: &CancellationToken) -> Outcome {
+        let label = run.plugin.label();
+        let writable = run.granted.write.clone();
+        let before = if writable.is_empty() {
+            Default::default()
+        } else {
+            let dirs = writable.clone();
+            tokio::task::spawn_blocking(move || escaping_links(&dirs)).await.unwrap_or_default()
+        };
+        let budget = Budget::default();
+        let stderr = LogPipe::new(log.clone(), budget.clone());
+        let io = HostIo::new(
+            log.clone(),
+            budget,
+            run.state.clone(),
+            run.granted.exec.clone(),
+            run.granted.env.clone(),
+            run.workdir.clone(),
+        );
+        let mut store = match self.store(&run.granted, run.memory, io, stderr.clone()) {
             Ok(s) => s,
-            Err(e) => return Exit::Error(format!("{label}: cannot set up its sandbox: {e:#}")),
+            Err(e) => return failed(Failure::Broke(format!("{label}: cannot set up its sandbox: {e:#}"))),
         };
-        let input = wit::Input {
-            config: call.config.clone(),
-            env: call.granted.env.clone(),
-            workspace: call.workspace.clone(),
-        };
-        let result = {
-            let running = async {
-                let step = Step::instantiate_async(&mut store, &call.plugin.component, &self.linker).await?;
-                step.pipe_plugin_plugin().call_run(&mut store, &input).await
+        let answer = {
+            let calling = async {
+                let instance =
+                    Instance::new(run.plugin.version, &mut store, &run.plugin.component, &self.linker).await?;
+                instance.call(&mut store, run.input.clone(), &run.call).await
             };
             tokio::select! {
-                r = running => r,
-                () = cancel.cancelled() => return Exit::Cancelled,
+                r = calling => Some(r),
+                () = cancel.cancelled() => None,
             }
         };
-        let stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
-        for line in stderr.lines() {
-            log.line(Stream::Stderr, line);
+        stderr.finish();
+        if !writable.is_empty() {
+            let notes = tokio::task::spawn_blocking(move || remove_new_escaping_links(&writable, &before))
+                .await
+                .unwrap_or_default();
+            notes.iter().for_each(|n| log.note(n));
         }
-        match result {
-            Ok(Ok(())) => {
-                let outputs = crate::run::outputs::render(&store.data().io.outputs);
-                match std::fs::write(&call.output_file, outputs) {
-                    Ok(()) => Exit::Code(0),
-                    Err(e) => Exit::Error(format!("cannot record the outputs of {label}: {e}")),
-                }
-            }
-            Ok(Err(message)) => Exit::Failed(message),
-            Err(e) => {
-                Exit::Error(format!("{label} {}", trap_reason(&e, store.data().limits.hit, call.memory, &stderr)))
-            }
-        }
+        let result = match answer {
+            None => Err(Failure::Cancelled),
+            Some(Ok(Ok(reply))) => Ok(reply),
+            Some(Ok(Err(message))) => Err(Failure::Failed(message)),
+            Some(Err(e)) => Err(Failure::Broke(format!(
+                "{label} {}",
+                trap_reason(&e, store.data().limits.refused, run.memory, &stderr.tail())
+            ))),
+        };
+        Outcome { result, outputs: std::mem::take(&mut store.data_mut().io.outputs) }
     }
 
-    fn store(
-        &self,
-        granted: &Granted,
-        memory: u64,
-        io: HostIo,
-        stderr: MemoryOutputPipe,
-    ) -> wasmtime::Result<Store<Sandbox>> {
+    fn store(&self, granted: &Granted, memory: u64, io: HostIo, stderr: LogPipe) -> wasmtime::Result<Store<Sandbox>> {
         let mut store = Store::new(&self.engine, Sandbox::new(granted, memory, io, stderr)?);
         store.limiter(|s| &mut s.limits);
         // Yield to tokio every tick: a busy plugin stays cancellable and the
@@ -211,24 +246,82 @@ impl Host {
     }
 }
 
-fn trap_reason(e: &wasmtime::Error, memory_hit: bool, memory: u64, stderr: &str) -> String {
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).map(|l| format!(": {}", l.trim()));
-    if memory_hit {
-        return format!("exceeded its memory limit of {} MiB{}", memory >> 20, last.unwrap_or_default());
-    }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::UnreachableCodeReached) => format!("panicked{}", last.unwrap_or_default()),
-        Some(trap) => format!("trapped: {trap}{}", last.unwrap_or_default()),
-        None => format!("failed: {e:#}"),
+fn failed(f: Failure) -> Outcome {
+    Outcome { result: Err(f), outputs: BTreeMap::new() }
+}
+
+/// A step's ending: its outputs recorded, its failure in the step's terms.
+pub fn step_exit(outcome: Outcome, output_file: Option<&std::path::Path>, label: &str) -> Exit {
+    match outcome.result {
+        Ok(_) => match output_file.map(|f| std::fs::write(f, outputs::render(&outcome.outputs))) {
+            None | Some(Ok(())) => Exit::Code(0),
+            Some(Err(e)) => Exit::Error(format!("cannot record the outputs of {label}: {e}")),
+        },
+        Err(Failure::Failed(m)) => Exit::Failed(m),
+        Err(Failure::Broke(m)) => Exit::Error(m),
+        Err(Failure::Cancelled) => Exit::Cancelled,
     }
 }
 
-fn capability_name(c: wit::Capability) -> &'static str {
-    match c {
-        wit::Capability::Net => "net",
-        wit::Capability::Read => "read",
-        wit::Capability::Write => "write",
-        wit::Capability::Exec => "exec",
-        wit::Capability::State => "state",
+/// Why a call broke, in words: the panic's own message, the memory limit (only
+/// when the last growth was refused, or the allocator said so), the trap, or
+/// the host's reason, never a raw wasm backtrace.
+fn trap_reason(e: &wasmtime::Error, refused: Option<u64>, memory: u64, stderr: &[String]) -> String {
+    let out_of_memory = || {
+        let asked = refused.map(|b| format!(" (it asked for {} MiB)", b >> 20)).unwrap_or_default();
+        format!("exceeded its memory limit of {} MiB{asked}", memory >> 20)
+    };
+    // Rust's allocator says so before it aborts; other guests just trap.
+    if stderr.iter().any(|l| l.starts_with("memory allocation of ") && l.ends_with(" failed")) {
+        return out_of_memory();
+    }
+    if let Some(message) = panic_message(stderr) {
+        return format!("panicked: {message}");
+    }
+    if refused.is_some() && e.downcast_ref::<Trap>() == Some(&Trap::UnreachableCodeReached) {
+        return out_of_memory();
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::UnreachableCodeReached) => "aborted (it trapped on `unreachable`)".into(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("failed: {}", cause(e)),
+    }
+}
+
+/// The message of the last Rust panic on stderr: the lines after
+/// `thread '…' panicked at file:line:col:`, up to the `note:` hint.
+fn panic_message(stderr: &[String]) -> Option<String> {
+    let start = stderr.iter().rposition(|l| l.contains("panicked at "))?;
+    let first = &stderr[start];
+    let inline =
+        first.split_once("panicked at ").map(|(_, rest)| rest).and_then(|r| r.split_once(": ")).map(|(_, m)| m);
+    let mut lines: Vec<&str> = inline.into_iter().collect();
+    lines.extend(stderr[start + 1..].iter().map(String::as_str).take_while(|l| !l.starts_with("note: ")));
+    let message = lines.join(" ").trim().to_string();
+    (!message.is_empty()).then_some(message)
+}
+
+/// The innermost error: the host's own reason, never the wasm backtrace that
+/// wasmtime wraps around it.
+fn cause(e: &wasmtime::Error) -> String {
+    e.root_cause().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn the_panic_message_not_the_backtrace_hint() {
+        let stderr: Vec<String> = [
+            "starting",
+            "thread '<unnamed>' panicked at src/lib.rs:37:24:",
+            "hostile plugin panicked on purpose",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(panic_message(&stderr).as_deref(), Some("hostile plugin panicked on purpose"));
+        assert_eq!(panic_message(&["all fine".to_string()]), None);
     }
 }

@@ -1,45 +1,48 @@
-//! The WebAssembly plugin host: resolving a step's `uses`, pinning it in
-//! `pipe.lock`, checking its interface version, compiling it (cached on disk),
-//! and running it sandboxed with only the capabilities the step grants.
-//! The rest of pipe sees [`Prepared`] plugins and [`PluginRun`]s, never wasmtime.
+//! The WebAssembly plugin host: resolving a plugin a pipeline uses, pinning it
+//! in `pipe.lock`, reading the interface version it speaks, compiling it
+//! (cached on disk), and running it sandboxed with only what the pipeline
+//! grants. The rest of pipe sees [`Prepared`] plugins, [`PluginRun`]s and the
+//! types of [`contract`], never wasmtime; this module knows nothing of the
+//! scheduler (it builds on `step/` for logs and endings).
 
 // A plugin error carries its source snippet for the caret; it is returned at
 // most once per plugin and step, so its size costs nothing worth boxing for.
 #![allow(clippy::result_large_err)]
 
+mod bindings;
 mod cache;
+pub mod contract;
 mod error;
+pub mod grants;
 mod host;
+mod host_api;
+mod instance;
 mod interface;
 pub mod lockfile;
 mod resolve;
 mod sandbox;
+mod stderr;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 pub use cache::Origin;
+pub use contract::{Call, PluginInfo, Role};
 pub use error::PluginError;
-pub use host::{DEFAULT_MEMORY, Host, PluginInfo, PluginRun, Prepared};
-pub use interface::VERSION as INTERFACE_VERSION;
+pub use grants::{FieldKind, Granted, Protected};
+pub use host::{DEFAULT_MEMORY, Failure, Host, LoadError, Outcome, PluginRun, Prepared, step_exit};
+pub use host_api::PluginState;
+pub use interface::{Version, served as served_versions};
 pub use resolve::{Resolved, builtin_names, resolve};
-pub use sandbox::Granted;
 
+use crate::lang::Loc;
 use crate::lang::error::did_you_mean;
-use crate::lang::model::{Action, PluginCall};
+use crate::lang::interp::Template;
+use crate::lang::model::{Action, Grants};
+use crate::lang::reader::Spanned;
 use crate::plan::Plan;
 use lockfile::{Lockfile, Pin};
-
-#[allow(clippy::unwrap_used)]
-pub(crate) mod host_bindings {
-    wasmtime::component::bindgen!({
-        path: "../sdk/wit",
-        world: "step",
-        imports: { default: async | trappable },
-        exports: { default: async },
-    });
-}
 
 /// Whether preparing may pin new plugins in `pipe.lock` (a run) or only check (`pipe check`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,82 +53,68 @@ pub enum LockMode {
     Update,
 }
 
-/// Resolves, pins, loads and verifies every plugin a plan uses. Keyed by step id.
+/// One place a pipeline uses a plugin, in one role.
+pub struct Site<'p> {
+    /// What the prepared plugin is found under: a step id, or a deployment's role.
+    pub key: String,
+    pub uses: &'p Spanned<String>,
+    pub config: &'p [(String, Template)],
+    pub grants: &'p Grants,
+    pub role: Role,
+}
+
+/// Every place the plan uses a plugin.
+pub fn sites(plan: &Plan) -> Vec<Site<'_>> {
+    plan.graph
+        .node_weights()
+        .filter_map(|s| match &s.action {
+            Action::Plugin(call) => Some(Site {
+                key: s.id.clone(),
+                uses: &call.uses,
+                config: &call.config,
+                grants: &call.grants,
+                role: Role::Step,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Resolves, pins, loads and verifies every plugin a plan uses, keyed by site.
 pub async fn prepare(
     plan: &Plan,
     root: &Path,
     mode: LockMode,
 ) -> Result<HashMap<String, Arc<Prepared>>, Vec<PluginError>> {
-    let calls: Vec<(&str, &PluginCall)> = plan
-        .graph
-        .node_weights()
-        .filter_map(|s| match &s.action {
-            Action::Plugin(call) => Some((s.id.as_str(), call)),
-            Action::Run(_) | Action::ImageBuild(_) => None,
-        })
-        .collect();
-    if calls.is_empty() {
+    let sites = sites(plan);
+    if sites.is_empty() {
         return Ok(HashMap::new());
     }
     let host = Host::global().map_err(|e| vec![e])?;
     let mut lock = Lockfile::load(root)
         .map_err(|e| vec![PluginError::Engine { plugin: "pipe.lock".into(), message: e.to_string() }])?;
+    let protected = protected(plan, root);
     let mut lock_changed = false;
     let mut errors = Vec::new();
     let mut by_uses: HashMap<String, Arc<Prepared>> = HashMap::new();
     let mut prepared = HashMap::new();
-    for (id, call) in calls {
-        let uses = &call.uses;
+    for site in sites {
+        let uses = site.uses;
         let p = match by_uses.get(&uses.value) {
             Some(p) => p.clone(),
-            None => {
-                let resolved = match resolve(&uses.value, &uses.loc, &plan.dir, root) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                };
-                let pin = Pin { sha256: resolved.sha256.clone(), origin: resolved.origin.clone() };
-                match lock.plugins.get(&uses.value) {
-                    Some(old) if old.sha256 != pin.sha256 && mode != LockMode::Update => {
-                        errors.push(PluginError::DigestMismatch {
-                            name: uses.value.clone(),
-                            pinned: old.sha256.clone(),
-                            found: pin.sha256,
-                            src: uses.loc.src.named(),
-                            span: uses.loc.span,
-                        });
-                        continue;
-                    }
-                    Some(old) if *old == pin => {}
-                    _ if mode != LockMode::CheckOnly => {
-                        lock.plugins.insert(uses.value.clone(), pin);
-                        lock_changed = true;
-                    }
-                    _ => {}
+            None => match load(host, uses, &plan.dir, root, mode, &mut lock, &mut lock_changed).await {
+                Ok(p) => {
+                    by_uses.insert(uses.value.clone(), p.clone());
+                    p
                 }
-                let component = match host.load(&resolved) {
-                    Ok((c, _)) => c,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                };
-                let info = match host.describe(&resolved.name, &component).await {
-                    Ok(i) => i,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                };
-                let p = Arc::new(Prepared { resolved, component, info });
-                by_uses.insert(uses.value.clone(), p.clone());
-                p
-            }
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            },
         };
-        errors.extend(verify(id, call, &p));
-        prepared.insert(id.to_string(), p);
+        errors.extend(verify(&site, &p, &protected));
+        prepared.insert(site.key, p);
     }
     if lock_changed && let Err(e) = lock.save(root) {
         errors.push(PluginError::Engine { plugin: "pipe.lock".into(), message: e.to_string() });
@@ -133,33 +122,116 @@ pub async fn prepare(
     if errors.is_empty() { Ok(prepared) } else { Err(errors) }
 }
 
-/// The step grants every capability the plugin asks for, gives every required
-/// field, and no field the plugin does not know.
-fn verify(step: &str, call: &PluginCall, p: &Prepared) -> Vec<PluginError> {
+async fn load(
+    host: &Host,
+    uses: &Spanned<String>,
+    dir: &Path,
+    root: &Path,
+    mode: LockMode,
+    lock: &mut Lockfile,
+    lock_changed: &mut bool,
+) -> Result<Arc<Prepared>, PluginError> {
+    let resolved = resolve(&uses.value, &uses.loc, dir, root)?;
+    let pin = Pin { sha256: resolved.sha256.clone(), origin: resolved.origin.clone() };
+    match lock.plugins.get(&uses.value) {
+        Some(old) if old.sha256 != pin.sha256 && mode != LockMode::Update => {
+            return Err(PluginError::DigestMismatch {
+                name: uses.value.clone(),
+                pinned: old.sha256.clone(),
+                found: pin.sha256,
+                src: uses.loc.src.named(),
+                span: uses.loc.span,
+            });
+        }
+        Some(old) if *old == pin => {}
+        _ if mode != LockMode::CheckOnly => {
+            lock.plugins.insert(uses.value.clone(), pin);
+            *lock_changed = true;
+        }
+        _ => {}
+    }
+    let (component, version, _) = host.load(&resolved).map_err(|e| load_error(&resolved.name, e, Some(&uses.loc)))?;
+    let info = host.describe(&resolved.name, &component, version).await?;
+    Ok(Arc::new(Prepared { resolved, component, version, info }))
+}
+
+/// A load error as a diagnostic, pointing at the step when there is one.
+pub fn load_error(plugin: &str, e: LoadError, at: Option<&Loc>) -> PluginError {
+    match e {
+        LoadError::Incompatible { found } => PluginError::Incompatible {
+            plugin: plugin.to_string(),
+            found,
+            served: served_versions(),
+            src: at.map(|l| l.src.named()),
+            span: at.map(|l| l.span),
+        },
+        LoadError::Invalid(reason) => PluginError::Invalid { plugin: plugin.to_string(), reason },
+    }
+}
+
+/// pipe's own files that no grant of this plan may reach.
+pub fn protected(plan: &Plan, root: &Path) -> Protected {
+    let secrets: Vec<_> = plan.secrets.files.iter().map(|f| f.value.clone()).collect();
+    let mut sources: Vec<_> = plan.graph.node_weights().map(|s| s.loc.src.path.clone()).collect();
+    sources.sort();
+    sources.dedup();
+    Protected::new(root, &secrets, &sources)
+}
+
+/// The site's role is one the plugin takes; it grants every capability the
+/// plugin asks for (explicitly or through typed settings); it gives every
+/// required setting and none the plugin does not know; its literal grants stay
+/// clear of pipe's own files.
+fn verify(site: &Site, p: &Prepared, protected: &Protected) -> Vec<PluginError> {
     let mut errors = Vec::new();
-    let g = &call.grants;
+    let uses = site.uses;
+    if !p.info.roles.contains(&site.role) {
+        let roles: Vec<&str> = p.info.roles.iter().map(|r| r.node()).collect();
+        errors.push(PluginError::WrongRole {
+            plugin: p.label(),
+            node: site.role.node(),
+            roles: roles.join(", "),
+            src: uses.loc.src.named(),
+            span: uses.loc.span,
+        });
+    }
+    let g = site.grants;
+    let typed = |kinds: &[FieldKind]| {
+        site.config.iter().any(|(k, _)| p.info.fields.iter().any(|f| f.name == *k && kinds.contains(&f.kind)))
+    };
     for cap in &p.info.capabilities {
         let (granted, grant, example) = match cap.as_str() {
-            "net" => (!g.net.is_empty(), "allow-net", "allow-net \"127.0.0.1:8080\""),
-            "read" => (!g.read.is_empty() || !g.write.is_empty(), "allow-read", "allow-read \"dir\""),
-            "write" => (!g.write.is_empty(), "allow-write", "allow-write \"dir\""),
-            "exec" => (!g.exec.is_empty(), "allow-exec", "allow-exec \"program\" \"arg\""),
+            "net" => (!g.net.is_empty() || typed(&[FieldKind::Url]), "allow-net", "allow-net \"127.0.0.1:8080\""),
+            "read" => (
+                !g.read.is_empty() || !g.write.is_empty() || typed(&[FieldKind::FileRead, FieldKind::FileWrite]),
+                "allow-read",
+                "allow-read \"dir\"",
+            ),
+            "write" => (!g.write.is_empty() || typed(&[FieldKind::FileWrite]), "allow-write", "allow-write \"dir\""),
+            "exec" => {
+                (!g.exec.is_empty() || typed(&[FieldKind::Command]), "allow-exec", "allow-exec \"program\" \"arg\"")
+            }
+            "connect" => (
+                !g.connect.is_empty() || typed(&[FieldKind::Address]),
+                "allow-connect",
+                "allow-connect \"127.0.0.1:9999\"",
+            ),
             _ => (true, "", ""),
         };
         if !granted {
             errors.push(PluginError::NotGranted {
-                step: step.to_string(),
+                step: site.key.clone(),
                 plugin: p.label(),
                 capability: cap.clone(),
-                src: call.uses.loc.src.named(),
-                span: call.uses.loc.span,
+                src: uses.loc.src.named(),
+                span: uses.loc.span,
                 grant: grant.to_string(),
-                help: Some(format!("grant it in the step: {example}")),
+                help: Some(format!("grant it: {example}")),
             });
         }
     }
     let known: Vec<&str> = p.info.fields.iter().map(|f| f.name.as_str()).collect();
-    for (key, value) in &call.config {
+    for (key, value) in site.config {
         if !known.is_empty() && !known.contains(&key.as_str()) {
             errors.push(PluginError::Config {
                 plugin: p.label(),
@@ -172,14 +244,29 @@ fn verify(step: &str, call: &PluginCall, p: &Prepared) -> Vec<PluginError> {
         }
     }
     for f in p.info.fields.iter().filter(|f| f.required) {
-        if !call.config.iter().any(|(k, _)| *k == f.name) {
+        if !site.config.iter().any(|(k, _)| *k == f.name) {
             errors.push(PluginError::Config {
                 plugin: p.label(),
                 problem: format!("missing setting `{}`", f.name),
-                src: call.uses.loc.src.named(),
-                span: call.uses.loc.span,
+                src: uses.loc.src.named(),
+                span: uses.loc.span,
                 help: Some(format!("{}: {}", f.name, f.description)),
             });
+        }
+    }
+    // Templated grants are checked once rendered, before the call.
+    let dir = uses.loc.src.dir();
+    for (list, write) in [(&g.read, false), (&g.write, true)] {
+        for grant in list {
+            let Some(value) = grant.as_literal() else { continue };
+            if let Err(why) = protected.check(&dir.join(&value), write) {
+                errors.push(PluginError::GrantTooWide {
+                    grant: value,
+                    why,
+                    src: grant.loc.src.named(),
+                    span: grant.loc.span,
+                });
+            }
         }
     }
     errors

@@ -1,34 +1,19 @@
-//! One plugin step's sandbox: the store data behind its WASI context (built
-//! deny-by-default from the step's grants), the gate on outgoing HTTP, and the
-//! host interface (log, outputs, state, exec).
+//! One plugin call's sandbox: the store data behind its WASI context (built
+//! deny-by-default from the step's grants), the gates on outgoing HTTP and TCP,
+//! and the resource limits.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::host_bindings::pipe::plugin::host;
-use crate::run::log::StepLog;
-use crate::state::StateStore;
-
-/// Bounds on what a plugin may push through the host.
-pub const MAX_LOG_BYTES: usize = 8 << 20;
-pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-pub const MAX_EXEC_OUTPUT: usize = 4 << 20;
-
-/// What a step granted, resolved to absolute paths.
-#[derive(Clone, Debug, Default)]
-pub struct Granted {
-    pub net: Vec<String>,
-    pub read: Vec<PathBuf>,
-    pub write: Vec<PathBuf>,
-    pub exec: Vec<Vec<String>>,
-    pub env: Vec<(String, String)>,
-}
+use super::grants::Granted;
+use super::host_api::HostIo;
+use super::stderr::LogPipe;
+use crate::step::StepLog;
 
 pub struct Sandbox {
     wasi: WasiCtx,
@@ -39,23 +24,27 @@ pub struct Sandbox {
     pub io: HostIo,
 }
 
-/// The host side of the `host` interface for one step.
-pub struct HostIo {
-    pub log: StepLog,
-    pub outputs: BTreeMap<String, String>,
-    /// Absent while a plugin only describes itself.
-    pub state: Option<StateStore>,
-    pub exec: Vec<Vec<String>>,
-    pub workdir: PathBuf,
-    log_bytes: usize,
-    output_bytes: usize,
-}
-
 impl Sandbox {
-    pub fn new(granted: &Granted, memory: u64, io: HostIo, stderr: MemoryOutputPipe) -> Result<Sandbox> {
+    pub fn new(granted: &Granted, memory: u64, io: HostIo, stderr: LogPipe) -> Result<Sandbox> {
         let mut wasi = WasiCtxBuilder::new();
-        // Deny by default: no args, no env, no stdin/stdout, no sockets, no DNS.
-        wasi.stderr(stderr).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        // Deny by default: no args, no env, no stdin/stdout, no UDP, no DNS, no
+        // listening; TCP connections only to granted addresses (checked per
+        // address below, so that a denied one says which grant would allow it).
+        wasi.stderr(stderr).allow_tcp(true).allow_udp(false).allow_ip_name_lookup(false);
+        let connect: Vec<SocketAddr> = granted.connect.iter().filter_map(|a| a.parse().ok()).collect();
+        let log = io.log.clone();
+        wasi.socket_addr_check(move |addr, usage| {
+            let allowed = match usage {
+                SocketAddrUse::TcpConnect => connect.contains(&addr),
+                // The implicit bind of a connecting socket: any local address.
+                SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                _ => false,
+            };
+            if !allowed && matches!(usage, SocketAddrUse::TcpConnect) {
+                log.note(&format!("denied: TCP to {addr} (grant it with `allow-connect \"{addr}\"`)"));
+            }
+            Box::pin(async move { allowed })
+        });
         for (k, v) in &granted.env {
             wasi.env(k, v);
         }
@@ -70,16 +59,10 @@ impl Sandbox {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: Limits { memory, hit: false },
+            limits: Limits::new(memory),
             gate: NetGate { allow: granted.net.clone(), log: io.log.clone() },
             io,
         })
-    }
-}
-
-impl HostIo {
-    pub fn new(log: StepLog, state: Option<StateStore>, exec: Vec<Vec<String>>, workdir: PathBuf) -> HostIo {
-        HostIo { log, outputs: BTreeMap::new(), state, exec, workdir, log_bytes: 0, output_bytes: 0 }
     }
 }
 
@@ -95,21 +78,53 @@ impl WasiHttpView for Sandbox {
     }
 }
 
-/// Memory limit; remembers whether the plugin hit it, to say so.
+/// Memory, tables and instances. The memory limit is on the total of all of a
+/// plugin's linear memories, not on each alone.
 pub struct Limits {
     memory: u64,
-    pub hit: bool,
+    used: u64,
+    /// The size asked for when growing last failed, until a later growth succeeds.
+    pub refused: Option<u64>,
+}
+
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+
+impl Limits {
+    fn new(memory: u64) -> Limits {
+        Limits { memory, used: 0, refused: None }
+    }
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
-        let ok = desired as u64 <= self.memory;
-        self.hit |= !ok;
-        Ok(ok)
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        let total = self.used.saturating_sub(current as u64).saturating_add(desired as u64);
+        if total <= self.memory {
+            self.used = total;
+            self.refused = None;
+            Ok(true)
+        } else {
+            self.refused = Some(total);
+            Ok(false)
+        }
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
-        Ok(desired <= 1 << 20)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -156,101 +171,5 @@ impl WasiHttpHooks for NetGate {
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
-    }
-}
-
-impl host::Host for Sandbox {
-    async fn log(&mut self, line: String) -> Result<()> {
-        self.io.log_bytes += line.len() + 1;
-        if self.io.log_bytes > MAX_LOG_BYTES {
-            wasmtime::bail!("wrote more than {} MiB of log", MAX_LOG_BYTES >> 20);
-        }
-        self.io.log.line(crate::run::Stream::Stdout, &line);
-        Ok(())
-    }
-
-    async fn set_output(&mut self, key: String, value: String) -> Result<std::result::Result<(), String>> {
-        if key.is_empty() || key.contains(['=', '\n']) || key.contains("<<") {
-            return Ok(Err(format!("`{key}` is not a valid output name")));
-        }
-        self.io.output_bytes += key.len() + value.len();
-        if self.io.output_bytes > MAX_OUTPUT_BYTES {
-            return Ok(Err(format!("outputs exceed {} KiB", MAX_OUTPUT_BYTES >> 10)));
-        }
-        self.io.outputs.insert(key, value);
-        Ok(Ok(()))
-    }
-
-    async fn state_get(&mut self, key: String) -> Result<Option<String>> {
-        let Some(state) = &self.io.state else { return Ok(None) };
-        Ok(state.get(&key).unwrap_or_else(|e| {
-            self.io.log.note(&format!("state: {e}"));
-            None
-        }))
-    }
-
-    async fn state_set(&mut self, key: String, value: String) -> Result<std::result::Result<(), String>> {
-        match &self.io.state {
-            Some(state) => Ok(state.set(&key, &value).map_err(|e| e.to_string())),
-            None => Ok(Err("state is not available while describing".into())),
-        }
-    }
-
-    async fn exec(
-        &mut self,
-        program: String,
-        args: Vec<String>,
-    ) -> Result<std::result::Result<host::ExecOutput, String>> {
-        if !self.io.exec.iter().any(|grant| matches_grant(grant, &program, &args)) {
-            let wanted = std::iter::once(&program).chain(&args).map(|a| format!("\"{a}\"")).collect::<Vec<_>>();
-            let msg = format!("exec of `{program}` denied: grant it with `allow-exec {}`", wanted.join(" "));
-            self.io.log.note(&msg);
-            return Ok(Err(msg));
-        }
-        let output = tokio::process::Command::new(&program)
-            .args(&args)
-            .current_dir(&self.io.workdir)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
-        Ok(match output {
-            Ok(o) => {
-                let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(MAX_EXEC_OUTPUT)]).into_owned();
-                Ok(host::ExecOutput {
-                    status: o.status.code().unwrap_or(-1),
-                    stdout: text(&o.stdout),
-                    stderr: text(&o.stderr),
-                })
-            }
-            Err(e) => Err(format!("cannot run `{program}`: {e}")),
-        })
-    }
-}
-
-/// The program must equal the grant's; each argument must equal its pattern or
-/// the pattern be `*`; the counts must match.
-pub fn matches_grant(grant: &[String], program: &str, args: &[String]) -> bool {
-    let Some((granted_program, patterns)) = grant.split_first() else { return false };
-    granted_program == program
-        && patterns.len() == args.len()
-        && patterns.iter().zip(args).all(|(p, a)| p == "*" || p == a)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches_grant;
-
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn exec_grants_match_exactly() {
-        let grant = v(&["nginx", "-p", "*", "-s", "reload"]);
-        assert!(matches_grant(&grant, "nginx", &v(&["-p", "/srv", "-s", "reload"])));
-        assert!(!matches_grant(&grant, "nginx", &v(&["-p", "/srv", "-s", "stop"])));
-        assert!(!matches_grant(&grant, "nginx", &v(&["-p", "/srv", "-s", "reload", "-x"])));
-        assert!(!matches_grant(&grant, "sh", &v(&["-p", "/srv", "-s", "reload"])));
     }
 }

@@ -7,17 +7,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::event::{Event, Events};
-use super::executor::{Exit, Invocation, execute};
-use super::log::StepLog;
-use super::outputs;
+use super::executor::{Invocation, execute};
+use crate::event::{Event, Events};
 use crate::lang::model::Retry;
 use crate::state::Status;
+use crate::step::{Exit, StepLog, outputs};
 
 pub struct Job {
     pub step: String,
-    /// `name version` of the plugin a step runs, to prefix its timeouts.
-    pub plugin: Option<String>,
     pub invocation: Invocation,
     pub display: String,
     pub retry: Retry,
@@ -63,7 +60,7 @@ pub async fn run(job: Job) -> Finished {
         }
         let reason = match (timed_out, job.timeout) {
             (true, Some(t)) => {
-                let who = job.plugin.as_ref().map(|p| format!("{p} ")).unwrap_or_default();
+                let who = job.invocation.actor().map(|p| format!("{p} ")).unwrap_or_default();
                 format!("{who}timed out after {}", humantime::format_duration(t))
             }
             _ => exit.describe(),

@@ -5,17 +5,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::RenderError;
 use super::container::{self, ContainerRun};
 use super::executor::Invocation;
 use super::git::GitInfo;
 use super::image::ImageBuildRun;
-use super::mask::Masker;
 use super::process::{ProcessSpec, ProgramCache};
-use crate::lang::interp::{RefKind, Reference};
+use crate::docker::{docker_name, labels};
+use crate::lang::interp::{RefKind, Reference, Template};
 use crate::lang::model::{Action, Condition, ContainerSpec, ImageBuild, Outcome, PluginCall, RunCommand, Test};
 use crate::plan::PlannedStep;
-use crate::plugin::{DEFAULT_MEMORY, Granted, PluginRun, Prepared};
-use crate::state::StepRecord;
+use crate::plugin::contract::Input;
+use crate::plugin::grants::absolute;
+use crate::plugin::{Call, DEFAULT_MEMORY, Granted, PluginRun, PluginState, Prepared, Protected};
+use crate::state::{StateStore, StepRecord};
+use crate::step::Masker;
 
 pub struct RunContext {
     pub run_id: String,
@@ -34,6 +38,8 @@ pub struct RunContext {
     pub plugins: HashMap<String, Arc<Prepared>>,
     /// The run's network when it has services: container steps join it.
     pub network: Option<String>,
+    /// pipe's own files, which no plugin grant may reach.
+    pub protected: Protected,
 }
 
 /// What a step's templates and conditions can see of the run so far.
@@ -67,7 +73,7 @@ pub struct Rendered {
 
 impl RunContext {
     /// The step's env: pipeline, then stage, then step values, each layer seeing the ones before.
-    pub fn step_env(&self, step: &PlannedStep, view: &View) -> Result<BTreeMap<String, String>, String> {
+    pub fn step_env(&self, step: &PlannedStep, view: &View) -> Result<BTreeMap<String, String>, RenderError> {
         let mut env = BTreeMap::new();
         for layer in &step.env {
             for var in &layer.0 {
@@ -78,7 +84,12 @@ impl RunContext {
         Ok(env)
     }
 
-    pub fn render(&self, step: &PlannedStep, view: &View, output_file: &std::path::Path) -> Result<Rendered, String> {
+    pub fn render(
+        &self,
+        step: &PlannedStep,
+        view: &View,
+        output_file: &std::path::Path,
+    ) -> Result<Rendered, RenderError> {
         let env = self.step_env(step, view)?;
         let workdir = match &step.workdir {
             Some(w) => self.dir.join(w.render(|r| self.resolve(r, step, view, &env))?),
@@ -127,12 +138,15 @@ impl RunContext {
         cmd: Vec<String>,
         env: BTreeMap<String, String>,
         output_file: &Path,
-    ) -> Result<ContainerRun, String> {
+    ) -> Result<ContainerRun, RenderError> {
         let workdir = match &step.workdir {
             Some(w) => format!(
                 "{}/{}",
                 container::WORKSPACE,
-                w.render(|_| Err::<String, String>("references in a container workdir are not supported".into()))?
+                w.render(|r| Err(RenderError {
+                    reference: r.text.clone(),
+                    reason: "references in a container workdir are not supported".into()
+                }))?
             ),
             None => container::WORKSPACE.to_string(),
         };
@@ -144,7 +158,7 @@ impl RunContext {
         vars.push(("PIPE_STEP".into(), step.id.clone()));
         vars.push(("PIPE_WORKSPACE".into(), container::WORKSPACE.into()));
         let run = ContainerRun {
-            name: container::docker_name(&format!("pipe-{}-{}", self.run_id, step.id)),
+            name: docker_name(&format!("pipe-{}-{}", self.run_id, step.id)),
             image,
             pull: spec.pull,
             cmd,
@@ -156,7 +170,7 @@ impl RunContext {
             workspace: self.dir.clone(),
             outputs: output_file.parent().map(Path::to_path_buf).unwrap_or_default(),
             workdir,
-            labels: container::labels(&self.run_id, &self.pipeline, ("pipe.step", &step.id)),
+            labels: labels(&self.run_id, &self.pipeline, ("pipe.step", &step.id)),
             placement: Vec::new(),
         };
         Ok(run)
@@ -164,16 +178,25 @@ impl RunContext {
 
     /// Renders what is known before any step runs (service images and env):
     /// env, secrets, git and run facts.
-    pub fn render_loose(&self, t: &crate::lang::interp::Template) -> Result<String, String> {
-        t.render(|r| match &r.kind {
-            RefKind::Env(n) => self.env.get(n).cloned().ok_or_else(|| format!("`{}` is not set", r.text)),
-            RefKind::Secret(n) => self.secrets.get(n).cloned().ok_or_else(|| format!("`{}`: no such secret", r.text)),
-            RefKind::GitSha => Ok(self.git.sha.clone()),
-            RefKind::GitBranch => Ok(self.git.branch.clone()),
-            RefKind::RunId => Ok(self.run_id.clone()),
-            RefKind::RunPipeline => Ok(self.pipeline.clone()),
-            _ => Err(format!("`{}` is not known before the steps run", r.text)),
+    pub fn render_loose(&self, t: &Template) -> Result<String, RenderError> {
+        t.render(|r| {
+            let missing = |reason: &str| RenderError { reference: r.text.clone(), reason: reason.to_string() };
+            match &r.kind {
+                RefKind::Env(n) => self.env.get(n).cloned().ok_or_else(|| missing("not set in the environment")),
+                RefKind::Secret(n) => self.secret(n).map_err(|why| missing(&why)),
+                RefKind::GitSha => Ok(self.git.sha.clone()),
+                RefKind::GitBranch => Ok(self.git.branch.clone()),
+                RefKind::RunId => Ok(self.run_id.clone()),
+                RefKind::RunPipeline => Ok(self.pipeline.clone()),
+                _ => Err(missing("not known before the steps run")),
+            }
         })
+    }
+
+    /// A secret's value; a declared secret that is not set is an error only
+    /// here, where a step that runs reads it.
+    fn secret(&self, name: &str) -> Result<String, String> {
+        self.secrets.get(name).cloned().ok_or_else(|| format!("secret `{name}` is not set in the environment"))
     }
 
     fn render_image_build(
@@ -183,9 +206,9 @@ impl RunContext {
         view: &View,
         env: &BTreeMap<String, String>,
         output_file: &Path,
-    ) -> Result<Rendered, String> {
-        let render = |t: &crate::lang::interp::Template| t.render(|r| self.resolve(r, step, view, env));
-        let pairs = |list: &[(String, crate::lang::interp::Template)]| -> Result<HashMap<String, String>, String> {
+    ) -> Result<Rendered, RenderError> {
+        let render = |t: &Template| t.render(|r| self.resolve(r, step, view, env));
+        let pairs = |list: &[(String, Template)]| -> Result<HashMap<String, String>, RenderError> {
             list.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect()
         };
         let mut labels = pairs(&build.labels)?;
@@ -212,27 +235,22 @@ impl RunContext {
         env: &BTreeMap<String, String>,
         workdir: PathBuf,
         output_file: &Path,
-    ) -> Result<Rendered, String> {
-        let plugin = self
-            .plugins
-            .get(&step.id)
-            .cloned()
-            .ok_or_else(|| format!("plugin `{}` was not prepared", call.uses.value))?;
-        let mut config = Vec::new();
-        for (key, value) in &call.config {
-            config.push((key.clone(), value.render(|r| self.resolve(r, step, view, env))?));
-        }
-        let dirs = |list: &[crate::lang::reader::Spanned<String>]| -> Vec<PathBuf> {
-            list.iter()
-                .map(|d| std::path::absolute(self.dir.join(&d.value)).unwrap_or_else(|_| self.dir.join(&d.value)))
-                .collect()
-        };
+    ) -> Result<Rendered, RenderError> {
+        let refused = |reason: String| RenderError { reference: call.uses.value.clone(), reason };
+        let plugin =
+            self.plugins.get(&step.id).cloned().ok_or_else(|| refused("the plugin was not prepared".into()))?;
+        let render = |t: &Template| t.render(|r| self.resolve(r, step, view, env));
+        let config: Vec<(String, String)> =
+            call.config.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect::<Result<_, RenderError>>()?;
         let g = &call.grants;
+        let dirs = |list: &[Template]| -> Result<Vec<PathBuf>, RenderError> {
+            list.iter().map(|d| Ok(absolute(&self.dir.join(render(d)?)))).collect()
+        };
         let granted = Granted {
-            net: g.net.iter().map(|n| n.value.clone()).collect(),
-            read: dirs(&g.read),
-            write: dirs(&g.write),
-            exec: g.exec.iter().map(|e| e.value.clone()).collect(),
+            net: g.net.iter().map(render).collect::<Result<_, _>>()?,
+            read: dirs(&g.read)?,
+            write: dirs(&g.write)?,
+            exec: g.exec.iter().map(|e| e.iter().map(render).collect()).collect::<Result<_, _>>()?,
             env: g
                 .env
                 .iter()
@@ -240,7 +258,11 @@ impl RunContext {
                     env.get(&n.value).or_else(|| self.env.get(&n.value)).map(|v| (n.value.clone(), v.clone()))
                 })
                 .collect(),
+            connect: g.connect.iter().map(render).collect::<Result<_, _>>()?,
+            state: g.state.iter().map(|s| s.value.clone()).collect(),
         };
+        let granted = granted.with_settings(&config, &plugin.info.fields, &self.dir).map_err(refused)?;
+        granted.check(&self.protected).map_err(refused)?;
         let workspace = granted
             .read
             .iter()
@@ -249,17 +271,22 @@ impl RunContext {
             .then(|| self.dir.display().to_string());
         let shown: Vec<String> = config.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let display = self.masker.mask(&format!("uses {} {}", plugin.label(), shown.join(" ")));
+        let state = PluginState {
+            store: StateStore::open(&self.root, &self.pipeline),
+            namespace: call.uses.value.clone(),
+            shared: granted.state.clone(),
+        };
         let run = PluginRun {
             plugin,
-            config,
+            call: Call::Run,
+            input: Input { config, env: granted.env.clone(), workspace },
             granted,
-            workspace,
             memory: call.memory.unwrap_or(DEFAULT_MEMORY),
-            state: crate::state::StateStore::open(&self.root, &self.pipeline),
+            state: Some(state),
             workdir,
-            output_file: output_file.to_path_buf(),
+            output_file: Some(output_file.to_path_buf()),
         };
-        Ok(Rendered { invocation: Invocation::Plugin(Box::new(run)), display })
+        Ok(Rendered { invocation: Invocation::Plugin(Arc::new(run)), display })
     }
 
     fn resolve(
@@ -268,17 +295,14 @@ impl RunContext {
         step: &PlannedStep,
         view: &View,
         env: &BTreeMap<String, String>,
-    ) -> Result<String, String> {
-        let missing = |what: &str| Err(format!("`{}`: {what}", r.text));
+    ) -> Result<String, RenderError> {
+        let missing = |what: &str| Err(RenderError { reference: r.text.clone(), reason: what.to_string() });
         match &r.kind {
             RefKind::Env(name) => match env.get(name).or_else(|| self.env.get(name)) {
                 Some(v) => Ok(v.clone()),
                 None => missing("not set in the pipeline nor in the environment"),
             },
-            RefKind::Secret(name) => match self.secrets.get(name) {
-                Some(v) => Ok(v.clone()),
-                None => missing("no such secret"),
-            },
+            RefKind::Secret(name) => self.secret(name).or_else(|why| missing(&why)),
             RefKind::Matrix(key) => match step.matrix.get(key) {
                 Some(v) => Ok(v.clone()),
                 None => missing("no such matrix axis"),

@@ -1,14 +1,20 @@
 //! The one seam between scheduling and execution. The scheduler renders a step
-//! into an [`Invocation`] and calls [`execute`]; a new step kind (container,
-//! plugin, deploy) is a new variant here and nothing changes in the scheduler.
+//! into an [`Invocation`] and calls [`execute`]; a new step kind is a new
+//! variant here and one executor module, and nothing changes in the scheduler.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::container::{self, ContainerRun};
 use super::image::{self, ImageBuildRun};
-use super::log::StepLog;
 use super::process::{self, ProcessSpec};
-use crate::plugin::{Host, PluginRun};
+use crate::plugin::PluginRun;
+use crate::step::{Exit, StepLog};
+
+/// A plugin never runs unbounded: five minutes unless its step says otherwise.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A step ready to execute: every template rendered, every path resolved.
 #[derive(Debug)]
@@ -18,39 +24,20 @@ pub enum Invocation {
     /// A container step as a Docker Swarm job.
     SwarmJob(Box<ContainerRun>),
     ImageBuild(Box<ImageBuildRun>),
-    Plugin(Box<PluginRun>),
+    Plugin(Arc<PluginRun>),
 }
 
-/// How one attempt ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-    Cancelled,
-    /// The step ran and reported a failure (a plugin's error).
-    Failed(String),
-    /// The step could not be run at all, or broke its sandbox's limits.
-    Error(String),
-}
-
-impl Exit {
-    pub fn success(&self) -> bool {
-        *self == Exit::Code(0)
+impl Invocation {
+    /// The timeout of a step that sets none.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        matches!(self, Invocation::Plugin(_)).then_some(PLUGIN_TIMEOUT)
     }
 
-    pub fn code(&self) -> Option<i32> {
+    /// Who a timeout is blamed on, besides the step: `name version` of a plugin.
+    pub fn actor(&self) -> Option<String> {
         match self {
-            Exit::Code(c) => Some(*c),
+            Invocation::Plugin(call) => Some(call.plugin.label()),
             _ => None,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Exit::Code(c) => format!("exit code {c}"),
-            Exit::Signal(s) => format!("killed by signal {s}"),
-            Exit::Cancelled => "cancelled".into(),
-            Exit::Failed(e) | Exit::Error(e) => e.clone(),
         }
     }
 }
@@ -61,9 +48,6 @@ pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &Cancellati
         Invocation::Container(spec) => container::run(spec, log, cancel).await,
         Invocation::SwarmJob(spec) => super::swarm::run(spec, log, cancel).await,
         Invocation::ImageBuild(spec) => image::run(spec, log, cancel).await,
-        Invocation::Plugin(call) => match Host::global() {
-            Ok(host) => host.run(call, log, cancel).await,
-            Err(e) => Exit::Error(e.to_string()),
-        },
+        Invocation::Plugin(call) => super::plugin::run(call, log, cancel).await,
     }
 }

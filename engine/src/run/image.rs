@@ -1,16 +1,18 @@
-//! The `image-build` executor: tars the context (honouring `.dockerignore`),
-//! builds through the Engine API, streams the build output into the step's log,
-//! tags the result, and sets `image-id` and `tag` as step outputs.
+//! The `image-build` executor: tars the context (honouring `.dockerignore` as
+//! Docker does, off the runtime thread), builds through the Engine API, streams
+//! the build output into the step's log, tags the result, and sets `image-id`
+//! and `tag` as step outputs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::executor::Exit;
-use super::log::StepLog;
+use crate::docker::{self, DockerIgnore, split_tag};
+use crate::event::Stream;
+use crate::step::{Exit, StepLog};
 
 #[derive(Clone, Debug)]
 pub struct ImageBuildRun {
@@ -24,14 +26,20 @@ pub struct ImageBuildRun {
 }
 
 pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
-    let docker = match super::container::client().await {
+    let docker = match docker::client().await {
         Ok(d) => d,
-        Err(e) => return Exit::Error(e),
+        Err(e) => return e.into(),
     };
     let Some(tag) = spec.tags.first() else { return Exit::Error("image-build needs a tag".into()) };
-    let context = match tar_context(spec) {
-        Ok(bytes) => bytes,
-        Err(e) => return Exit::Error(e),
+    let (dir, dockerfile) = (spec.context.clone(), spec.dockerfile.clone());
+    let context = tokio::select! {
+        tarred = tokio::task::spawn_blocking(move || tar_context(&dir, &dockerfile)) => tarred,
+        () = cancel.cancelled() => return Exit::Cancelled,
+    };
+    let context = match context {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Exit::Error(e),
+        Err(e) => return Exit::Error(format!("internal error in pipe while reading the build context: {e}")),
     };
     let options = BuildImageOptions {
         t: Some(tag.clone()),
@@ -52,7 +60,7 @@ pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken
                 partial.push_str(&text);
                 while let Some(i) = partial.find('\n') {
                     let line: String = partial.drain(..=i).collect();
-                    log.line(super::Stream::Stdout, line.trim_end());
+                    log.line(Stream::Stdout, line.trim_end());
                 }
             }
             if let Some(detail) = info.error_detail {
@@ -73,34 +81,49 @@ pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken
         Err(e) => return Exit::Error(format!("built `{tag}` but cannot inspect it: {e}")),
     };
     for extra in &spec.tags[1..] {
-        let (repo, version) = extra.rsplit_once(':').unwrap_or((extra, "latest"));
-        let options = TagImageOptions { repo: Some(repo.to_string()), tag: Some(version.to_string()) };
+        let (repo, version) = match split_tag(extra) {
+            Ok(pair) => pair,
+            Err(e) => return e.into(),
+        };
+        let options = TagImageOptions { repo: Some(repo), tag: Some(version) };
         if let Err(e) = docker.tag_image(&id, Some(options)).await {
             return Exit::Error(format!("cannot tag the image as `{extra}`: {e}"));
         }
     }
     let outputs: BTreeMap<String, String> = [("image-id".to_string(), id), ("tag".to_string(), tag.clone())].into();
-    match std::fs::write(&spec.output_file, super::outputs::render(&outputs)) {
+    match std::fs::write(&spec.output_file, crate::step::outputs::render(&outputs)) {
         Ok(()) => Exit::Code(0),
         Err(e) => Exit::Error(format!("cannot record the build's outputs: {e}")),
     }
 }
 
 /// The build context as a tar archive, without what `.dockerignore` excludes.
-fn tar_context(spec: &ImageBuildRun) -> Result<Vec<u8>, String> {
-    if !spec.context.is_dir() {
-        return Err(format!("the build context {} is not a directory", spec.context.display()));
+fn tar_context(context: &Path, dockerfile: &str) -> Result<Vec<u8>, String> {
+    if !context.is_dir() {
+        return Err(format!("the build context {} is not a directory", context.display()));
     }
+    let rules = match std::fs::read_to_string(context.join(".dockerignore")) {
+        Ok(text) => DockerIgnore::parse(&text, dockerfile)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::parse("", dockerfile)?,
+        Err(e) => return Err(format!("cannot read {}: {e}", context.join(".dockerignore").display())),
+    };
     let mut archive = tar::Builder::new(Vec::new());
     archive.follow_symlinks(false);
-    let walk = ignore::WalkBuilder::new(&spec.context)
+    let rules = std::sync::Arc::new(rules);
+    let (root, pruning) = (context.to_path_buf(), rules.clone());
+    // Without `!` lines nothing below an excluded directory can come back: skip it whole.
+    let prune = !rules.has_exceptions();
+    let walk = ignore::WalkBuilder::new(context)
         .standard_filters(false)
-        .add_custom_ignore_filename(".dockerignore")
+        .filter_entry(move |e| {
+            let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+            !(prune && !rel.as_os_str().is_empty() && pruning.excludes(rel))
+        })
         .build();
     for entry in walk.filter_map(Result::ok) {
         let path = entry.path();
-        let Ok(rel) = path.strip_prefix(&spec.context) else { continue };
-        if rel.as_os_str().is_empty() {
+        let Ok(rel) = path.strip_prefix(context) else { continue };
+        if rel.as_os_str().is_empty() || rules.excludes(rel) {
             continue;
         }
         archive

@@ -1,17 +1,17 @@
-//! Running a plan: the tokio scheduler, the executors behind one seam, secrets,
-//! masking, outputs and logs. Never re-reads KDL: it only sees a [`Plan`].
+//! Running a plan: the tokio scheduler and the executors behind one seam
+//! ([`executor`]), the run's context (secrets, git, rendering), and the record
+//! writer. Never re-reads KDL: it only sees a [`Plan`].
 
 mod attempt;
 pub mod container;
 pub mod context;
-pub mod event;
+mod error;
 pub mod executor;
 pub mod git;
 pub mod image;
-pub mod log;
-pub mod mask;
-pub mod outputs;
+mod plugin;
 pub mod process;
+mod records;
 mod scheduler;
 pub mod secrets;
 mod services;
@@ -21,14 +21,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use miette::Diagnostic;
-use thiserror::Error;
-
+use crate::event::{Event, Events};
 use crate::plan::Plan;
 use crate::state::record::run_dir;
 use crate::state::{RunLock, RunRecord, RunStatus, StateError, StepRecord};
 pub use context::RunContext;
-pub use event::{Event, Events, Stream};
+pub use error::{RenderError, RunError};
+pub use records::RecordWriter;
 use scheduler::Scheduler;
 
 pub struct RunOptions {
@@ -43,40 +42,24 @@ pub struct RunOptions {
     pub rerun: Option<RunRecord>,
 }
 
-#[derive(Debug, Error, Diagnostic)]
-pub enum RunError {
-    #[error(transparent)]
-    #[diagnostic(transparent)]
-    State(#[from] StateError),
-
-    #[error("{0}")]
-    #[diagnostic(code(run::secrets))]
-    Secrets(String),
-
-    #[error("{0}")]
-    #[diagnostic(code(run::docker), help("start the Docker Engine, or point DOCKER_HOST at one"))]
-    Docker(String),
-
-    #[error("{} plugin problem(s); nothing was started", .0.len())]
-    #[diagnostic(code(run::plugins))]
-    Plugins(#[related] Vec<crate::plugin::PluginError>),
-}
-
 pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRecord, RunError> {
-    let run_id = new_run_id();
-    let _lock = RunLock::acquire(&opts.root, &plan.pipeline, &run_id, opts.wait)?;
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let secrets = secrets::load(&plan.secrets, &env).map_err(RunError::Secrets)?;
-    let masker = mask::Masker::new(secrets.values().map(String::as_str));
+    let run_id = new_run_id(SystemTime::now(), std::process::id());
+    // Waiting for another run's lock, asking git and reading secrets files
+    // block: off the runtime thread, which the reporter shares.
+    let (root, pipeline, id, wait) = (opts.root.clone(), plan.pipeline.clone(), run_id.clone(), opts.wait);
+    let lock = blocking(move || RunLock::acquire(&root, &pipeline, &id, wait)).await?;
+    let (spec, dir) = (plan.secrets.clone(), plan.dir.clone());
+    let (env, secrets, git) = blocking(move || {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let secrets = secrets::load(&spec, &env)?;
+        Ok::<_, RunError>((env, secrets, git::GitInfo::detect(&dir)))
+    })
+    .await?;
+    let masker = crate::step::Masker::new(secrets.values().map(String::as_str));
     // One clear error before any step starts, not one per container step.
-    let uses_docker = plan.graph.node_weights().any(|s| match s.action {
-        crate::lang::model::Action::Run(_) => s.container.is_some(),
-        crate::lang::model::Action::ImageBuild(_) => true,
-        crate::lang::model::Action::Plugin(_) => false,
-    });
-    let docker = if uses_docker || !plan.services.is_empty() {
-        let docker = container::client().await.map_err(RunError::Docker)?;
-        match container::collect_garbage(docker).await {
+    let docker = if plan.uses_docker() {
+        let docker = crate::docker::client().await?;
+        match crate::docker::collect_garbage(docker).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed leftovers of dead runs"),
             Err(e) => tracing::warn!(error = %e, "could not look for leftovers of dead runs"),
@@ -93,17 +76,18 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         root: opts.root.clone(),
         dir: plan.dir.clone(),
         run_dir: run_dir(&opts.root, &run_id),
-        git: git::GitInfo::detect(&plan.dir),
+        git,
         secrets,
         masker,
         env,
         programs: Default::default(),
         plugins,
         network: None,
+        protected: crate::plugin::protected(plan, &opts.root),
     };
     let services = match (&docker, plan.services.is_empty()) {
         (Some(docker), false) => {
-            let started = services::Services::start(docker, &ctx, &plan.services).await.map_err(RunError::Docker)?;
+            let started = services::Services::start(docker, &ctx, &plan.services).await?;
             ctx.network = Some(started.network.clone());
             Some(started)
         }
@@ -124,17 +108,11 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         pid: std::process::id(),
         steps: plan.graph.node_weights().map(|s| StepRecord::pending(&s.id)).collect(),
     };
-    record.save(&opts.root)?;
     for dir in ["outputs", "logs"] {
         let dir = ctx.run_dir.join(dir);
         std::fs::create_dir_all(&dir).map_err(StateError::io("create", dir))?;
     }
-    events.send(Event::RunStarted {
-        run_id: run_id.clone(),
-        pipeline: plan.pipeline.clone(),
-        steps: plan.graph.node_weights().map(|s| s.id.clone()).collect(),
-        jobs: opts.jobs,
-    });
+    events.send(Event::RunStarted { run: Box::new(record.clone()), jobs: opts.jobs });
     let mut scheduler = Scheduler::new(plan, ctx.clone(), opts.jobs, events.clone());
     if let Some(earlier) = opts.rerun {
         scheduler = scheduler.reuse(earlier.steps);
@@ -147,18 +125,49 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     record.steps = steps;
     record.duration_ms = started.elapsed().as_millis() as u64;
     record.finished_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-    record.save(&opts.root)?;
     let _ = std::fs::remove_dir(ctx.run_dir.join("outputs"));
-    events.send(Event::RunFinished(record.clone()));
+    events.send(Event::RunFinished(Box::new(record.clone())));
+    drop(lock);
     Ok(record)
 }
 
-/// `20261124-061700.123-4f2a`: sorts by start time, unique across processes.
-fn new_run_id() -> String {
-    let now = SystemTime::now();
+/// Runs blocking work on tokio's blocking pool; a panic in it is an engine bug.
+async fn blocking<T: Send + 'static, E: Into<RunError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, RunError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(RunError::Internal(e.to_string())),
+    }
+}
+
+/// `20261124-061700.123-4f2a`: sorts by start time; the suffix mixes the
+/// sub-millisecond clock, the pid and a per-process counter, so that runs
+/// started in the same millisecond (by one process or several) differ.
+fn new_run_id(now: SystemTime, pid: u32) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
     let stamp = humantime::format_rfc3339_millis(now).to_string();
     let compact: String = stamp.chars().filter(|c| !matches!(c, '-' | ':' | 'Z')).collect();
     let nanos = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
-    format!("{}-{salt:04x}", compact.replace('T', "-"))
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((nanos, pid, seq));
+    format!("{}-{:04x}", compact.replace('T', "-"), hash & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::SystemTime;
+
+    #[test]
+    fn run_ids_of_one_millisecond_differ_by_pid_and_within_a_process() {
+        let now = SystemTime::now();
+        // The pids differ only in their low bits, as consecutive processes do.
+        let ids: HashSet<String> = (0..64).map(|i| super::new_run_id(now, 4000 + i)).collect();
+        assert!(ids.len() >= 60, "{} distinct of 64", ids.len());
+        let same_pid: HashSet<String> = (0..64).map(|_| super::new_run_id(now, 4000)).collect();
+        assert!(same_pid.len() >= 60, "{} distinct of 64", same_pid.len());
+    }
 }

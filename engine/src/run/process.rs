@@ -2,19 +2,14 @@
 //! cancellation reaches everything it started (SIGTERM, then SIGKILL after a grace).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
-use super::event::Stream;
-use super::executor::Exit;
-use super::log::StepLog;
-
-/// Time between SIGTERM and SIGKILL when a step is cancelled.
-pub const KILL_GRACE: Duration = Duration::from_secs(5);
+use crate::event::Stream;
+use crate::step::proc::{self, Group, KILL_GRACE};
+use crate::step::{Exit, StepLog};
 
 /// PATH lookups, done once per program per run instead of by every exec
 /// (each exec would otherwise try every PATH entry in turn).
@@ -52,15 +47,8 @@ pub struct ProcessSpec {
 }
 
 pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) -> Exit {
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.workdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let mut cmd = proc::command(&spec.program);
+    cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(&spec.workdir);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !spec.workdir.is_dir() => {
@@ -72,7 +60,7 @@ pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) 
         }
         Err(e) => return Exit::Error(format!("cannot start `{}`: {e}", spec.program)),
     };
-    let group = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let group = Group::of(&child);
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     // Output is read while the process runs (a full pipe would block it), in
     // this task: two fewer tasks per step than spawning a reader for each stream.
@@ -94,11 +82,11 @@ pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) 
         tokio::select! {
             s = child.wait() => (s, false),
             () = cancel.cancelled() => {
-                signal(group, Signal::SIGTERM);
+                group.signal(Signal::SIGTERM);
                 let s = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
                     Ok(s) => s,
                     Err(_) => {
-                        signal(group, Signal::SIGKILL);
+                        group.signal(Signal::SIGKILL);
                         child.wait().await
                     }
                 };
@@ -112,8 +100,12 @@ pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) 
             () = &mut pumps, if !drained => drained = true,
         }
     };
-    // Whatever the step left running in the background ends with it.
-    signal(group, Signal::SIGKILL);
+    // Whatever the step left running in the background ends with it, and the log says so.
+    if let Some(note) = group.stop_leftovers()
+        && !cancelled
+    {
+        log.note(&note);
+    }
     if !drained {
         // Bounded: a process that escaped the group may hold the pipe open.
         let _ = tokio::time::timeout(Duration::from_secs(2), pumps).await;
@@ -128,11 +120,5 @@ pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) 
             (None, None) => Exit::Error("the process ended without a status".into()),
         },
         Err(e) => Exit::Error(format!("cannot wait for `{}`: {e}", spec.program)),
-    }
-}
-
-fn signal(group: Option<Pid>, sig: Signal) {
-    if let Some(g) = group {
-        let _ = killpg(g, sig);
     }
 }

@@ -14,14 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Finished, Job};
 use super::context::{RunContext, View};
-use super::event::{Event, Events};
-use super::log::StepLog;
+use crate::event::{Event, Events};
 use crate::lang::model::Trigger;
 use crate::plan::{Edge, Plan, Role};
 use crate::state::record::log_path;
 use crate::state::{RunStatus, Status, StepRecord, file_safe};
-
-const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+use crate::step::StepLog;
 
 pub struct Scheduler<'p> {
     plan: &'p Plan,
@@ -108,7 +106,7 @@ impl<'p> Scheduler<'p> {
                         let task = running.spawn(async move { (n, attempt::run(job).await) });
                         tasks.insert(task.id(), n);
                     }
-                    Err(reason) => self.fail_before_start(n, reason, &mut ready),
+                    Err(reason) => self.fail_before_start(n, reason.to_string(), &mut ready),
                 }
             }
             if !ready.is_empty() || (!runnable.is_empty() && running.len() < self.jobs) {
@@ -198,7 +196,7 @@ impl<'p> Scheduler<'p> {
         Decision::Run
     }
 
-    fn start(&self, n: NodeIndex) -> Result<Job, String> {
+    fn start(&self, n: NodeIndex) -> Result<Job, super::RenderError> {
         let step = &self.plan.graph[n];
         let view = self.view();
         let output_file = self.ctx.run_dir.join("outputs").join(file_safe(&step.id));
@@ -206,20 +204,12 @@ impl<'p> Scheduler<'p> {
         let log =
             StepLog::new(log_path(&self.ctx.run_dir, &step.id), &step.id, self.events.clone(), self.ctx.masker.clone());
         let cancel = if step.role.is_hook() { self.cancel_all.child_token() } else { self.cancel.child_token() };
-        let plugin = match &rendered.invocation {
-            crate::run::executor::Invocation::Plugin(call) => Some(call.plugin.label()),
-            _ => None,
-        };
         Ok(Job {
             step: step.id.clone(),
-            plugin,
+            timeout: step.timeout.or_else(|| rendered.invocation.default_timeout()),
             invocation: rendered.invocation,
             display: rendered.display,
             retry: step.retry,
-            // A plugin never runs unbounded: five minutes unless the step says otherwise.
-            timeout: step
-                .timeout
-                .or_else(|| matches!(step.action, crate::lang::model::Action::Plugin(_)).then_some(PLUGIN_TIMEOUT)),
             output_file,
             log,
             events: self.events.clone(),

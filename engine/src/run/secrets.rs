@@ -1,54 +1,55 @@
 //! Secret values, read at run start from the environment and from untracked
-//! dotenv files. A secrets file that git tracks is refused: it is already leaked.
+//! dotenv files (parsed by `dotenvy`: quotes, `export`, multi-line values). A
+//! secrets file that git tracks is refused: it is already leaked.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+use thiserror::Error;
 
 use crate::lang::model::Secrets;
 
-pub fn load(spec: &Secrets, env: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+#[derive(Debug, Error, Diagnostic)]
+pub enum SecretsError {
+    #[error("secrets file {} is tracked by git", path.display())]
+    #[diagnostic(code(run::secrets_tracked), help("run `git rm --cached {}` and add it to .gitignore", path.display()))]
+    Tracked { path: PathBuf },
+
+    #[error("cannot read secrets file {}: {source}", path.display())]
+    #[diagnostic(code(run::secrets_file))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: dotenvy::Error,
+    },
+
+    #[error("secret `{0}` is not set in the environment")]
+    #[diagnostic(code(run::secret_missing), help("export it before `pipe run`, or declare it in a secrets file"))]
+    Missing(String),
+}
+
+/// Every declared secret's value, by name. A secret declared `from-env` that is
+/// not set is not an error here: it is one only for a step that reads it.
+pub fn load(spec: &Secrets, env: &HashMap<String, String>) -> Result<HashMap<String, String>, SecretsError> {
     let mut values = HashMap::new();
     for file in &spec.files {
         let path = &file.value;
         if tracked_by_git(path) {
-            return Err(format!(
-                "secrets file {} is tracked by git; run `git rm --cached {}` and add it to .gitignore",
-                path.display(),
-                path.display()
-            ));
+            return Err(SecretsError::Tracked { path: path.clone() });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(format!("{} line {}: expected KEY=VALUE", path.display(), n + 1));
-            };
-            values.insert(k.trim().to_string(), unquote(v.trim()).to_string());
+        let read = |source| SecretsError::Read { path: path.clone(), source };
+        for item in dotenvy::from_path_iter(path).map_err(read)? {
+            let (key, value) = item.map_err(read)?;
+            values.insert(key, value);
         }
     }
     for name in &spec.from_env {
-        match env.get(&name.value) {
-            Some(v) => {
-                values.insert(name.value.clone(), v.clone());
-            }
-            None => return Err(format!("secret `{}` is not set in the environment", name.value)),
+        if let Some(v) = env.get(&name.value) {
+            values.insert(name.value.clone(), v.clone());
         }
     }
     Ok(values)
-}
-
-fn unquote(v: &str) -> &str {
-    for q in ['"', '\''] {
-        if let Some(inner) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
-            return inner;
-        }
-    }
-    v
 }
 
 fn tracked_by_git(path: &Path) -> bool {

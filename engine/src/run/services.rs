@@ -12,10 +12,11 @@ use bollard::models::{
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use futures_util::StreamExt;
 
-use super::container::{docker_name, labels};
+use super::RunError;
 use super::context::RunContext;
-use super::log::StepLog;
+use crate::docker::{DockerError, docker_name, ensure_image, labels};
 use crate::lang::model::Service;
+use crate::step::StepLog;
 
 pub struct Services {
     pub network: String,
@@ -25,14 +26,14 @@ pub struct Services {
 impl Services {
     /// Starts every service and waits until each is healthy. On failure, what was
     /// started is removed again before the error returns.
-    pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Services, String> {
+    pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Services, RunError> {
         let network = format!("pipe-{}", docker_name(&ctx.run_id));
         let request = NetworkCreateRequest {
             name: network.clone(),
             labels: Some(labels(&ctx.run_id, &ctx.pipeline, ("pipe.service", "network"))),
             ..Default::default()
         };
-        docker.create_network(request).await.map_err(|e| format!("cannot create network {network}: {e}"))?;
+        docker.create_network(request).await.map_err(DockerError::api(format!("create network {network}")))?;
         let mut started = Services { network, containers: Vec::new() };
         for service in services {
             if let Err(e) = started.start_one(docker, ctx, service).await {
@@ -43,10 +44,10 @@ impl Services {
         Ok(started)
     }
 
-    async fn start_one(&mut self, docker: &Docker, ctx: &RunContext, s: &Service) -> Result<(), String> {
+    async fn start_one(&mut self, docker: &Docker, ctx: &RunContext, s: &Service) -> Result<(), RunError> {
         let image = ctx.render_loose(&s.image)?;
         let log = StepLog::sink(&s.name);
-        super::container::ensure_image(docker, &image, s.pull, &log).await?;
+        ensure_image(docker, &image, s.pull, &log, &Default::default()).await?;
         let mut env = Vec::new();
         for var in &s.env.0 {
             env.push(format!("{}={}", var.name, ctx.render_loose(&var.value)?));
@@ -66,10 +67,10 @@ impl Services {
         let id = docker
             .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
             .await
-            .map_err(|e| format!("service `{}`: cannot create a container of `{image}`: {e}", s.name))?
+            .map_err(DockerError::api(format!("create service `{}` (image `{image}`)", s.name)))?
             .id;
         self.containers.push(id.clone());
-        docker.start_container(&id, None).await.map_err(|e| format!("service `{}` did not start: {e}", s.name))?;
+        docker.start_container(&id, None).await.map_err(DockerError::api(format!("start service `{}`", s.name)))?;
         if let Some(check) = &s.health_cmd {
             wait_healthy(docker, &id, s, check).await?;
         }
@@ -85,41 +86,46 @@ impl Services {
     }
 }
 
-async fn wait_healthy(docker: &Docker, id: &str, s: &Service, check: &str) -> Result<(), String> {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < s.health_timeout {
-        match exec(docker, id, check).await {
-            Ok((0, _)) => return Ok(()),
-            Ok((code, output)) => last = format!("exit code {code}: {}", output.trim()),
-            Err(e) => last = e,
+async fn wait_healthy(docker: &Docker, id: &str, s: &Service, check: &str) -> Result<(), RunError> {
+    let deadline = Instant::now() + s.health_timeout;
+    let mut last = String::from("nothing yet");
+    while Instant::now() < deadline {
+        // Each check is bounded too: a health command that never returns must
+        // not hold the run past the service's timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, exec(docker, id, check)).await {
+            Ok(Ok((0, _))) => return Ok(()),
+            Ok(Ok((code, output))) => last = format!("exit code {code}: {}", output.trim()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no answer before the timeout".into(),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!(
-        "service `{}` was not healthy after {}: `{check}` last gave {last}",
-        s.name,
-        humantime::format_duration(s.health_timeout)
-    ))
+    Err(RunError::Unhealthy {
+        service: s.name.clone(),
+        after: humantime::format_duration(s.health_timeout).to_string(),
+        check: check.to_string(),
+        last,
+    })
 }
 
 /// Runs `sh -c command` in a container; its exit code and output.
-async fn exec(docker: &Docker, id: &str, command: &str) -> Result<(i64, String), String> {
+async fn exec(docker: &Docker, id: &str, command: &str) -> Result<(i64, String), DockerError> {
     let config = ExecConfig {
         cmd: Some(vec!["sh".into(), "-c".into(), command.into()]),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         ..Default::default()
     };
-    let exec = docker.create_exec(id, config).await.map_err(|e| e.to_string())?;
+    let exec = docker.create_exec(id, config).await.map_err(DockerError::api("create a health check"))?;
     let mut output = String::new();
     if let StartExecResults::Attached { output: mut stream, .. } =
-        docker.start_exec(&exec.id, None).await.map_err(|e| e.to_string())?
+        docker.start_exec(&exec.id, None).await.map_err(DockerError::api("start a health check"))?
     {
         while let Some(Ok(chunk)) = stream.next().await {
             output.push_str(&chunk.to_string());
         }
     }
-    let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| e.to_string())?;
+    let inspected = docker.inspect_exec(&exec.id).await.map_err(DockerError::api("inspect a health check"))?;
     Ok((inspected.exit_code.unwrap_or(-1), output))
 }

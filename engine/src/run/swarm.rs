@@ -14,21 +14,24 @@ use bollard::models::{
 use bollard::query_parameters::ListTasksOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::container::{ContainerRun, OUTPUTS, WORKSPACE, ensure_image, pump};
-use super::executor::Exit;
-use super::log::StepLog;
+use super::container::{ContainerRun, OUTPUTS, WORKSPACE};
+use crate::docker::{self, ensure_image, pump};
+use crate::step::{Exit, StepLog};
 
 const POLL: Duration = Duration::from_millis(100);
+/// A job that no node has started by then will not start: no node fits its
+/// constraints, or none can get its image. The step's own timeout bounds the rest.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(spec: &ContainerRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
-    let docker = match super::container::client().await {
+    let docker = match docker::client().await {
         Ok(d) => d,
-        Err(e) => return Exit::Error(e),
+        Err(e) => return e.into(),
     };
     // On one node the task uses this engine's images; a multi-node swarm needs
     // the image in a registry the nodes can pull from.
-    if let Err(e) = ensure_image(docker, &spec.image, spec.pull, log).await {
-        return Exit::Error(e);
+    if let Err(e) = ensure_image(docker, &spec.image, spec.pull, log, cancel).await {
+        return e.into();
     }
     let id = match docker.create_service(service(spec), None).await {
         Ok(r) => r.id.unwrap_or_default(),
@@ -50,6 +53,7 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog) -> Exit {
     let options = ListTasksOptions { filters: Some(filters) };
     let mut logs: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
     let mut logs_done = false;
+    let (created, mut started, mut last_state) = (std::time::Instant::now(), false, String::new());
     loop {
         let tasks = match docker.list_tasks(Some(options.clone())).await {
             Ok(t) => t,
@@ -61,6 +65,12 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog) -> Exit {
                 logs = Some(Box::pin(async move { pump(docker, &id, log).await }));
             }
             let code = status.container_status.as_ref().and_then(|c| c.exit_code);
+            started |= matches!(status.state, Some(TaskState::RUNNING | TaskState::COMPLETE | TaskState::FAILED));
+            last_state = format!(
+                "{} {}",
+                status.state.map(|s| s.to_string()).unwrap_or_default(),
+                status.err.as_deref().or(status.message.as_deref()).unwrap_or_default()
+            );
             match status.state {
                 Some(TaskState::COMPLETE) | Some(TaskState::FAILED) => {
                     if let (Some(l), false) = (logs.take(), logs_done) {
@@ -74,6 +84,13 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog) -> Exit {
                 }
                 _ => {}
             }
+        }
+        if !started && created.elapsed() > START_TIMEOUT {
+            let secs = START_TIMEOUT.as_secs();
+            return Exit::Error(format!(
+                "no swarm node started the job within {secs}s (last state: {})",
+                last_state.trim()
+            ));
         }
         match logs.as_mut() {
             // Poll while the logs stream, without waiting on them; a finished

@@ -15,7 +15,7 @@ use thiserror::Error;
 pub use atomic::write_atomic;
 pub use lock::RunLock;
 pub use record::{RunRecord, RunStatus, Status, StepRecord};
-pub use store::StateStore;
+pub use store::{StateLock, StateStore};
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum StateError {
@@ -39,6 +39,10 @@ pub enum StateError {
     #[error("pipeline `{pipeline}` is already running{holder}")]
     #[diagnostic(code(state::locked), help("wait for it to finish, or pass --wait to queue behind it"))]
     Locked { pipeline: String, holder: String },
+
+    #[error("state `{key}` refused: {reason}")]
+    #[diagnostic(code(state::limit))]
+    Limit { key: String, reason: String },
 
     #[error("no run `{0}`")]
     #[diagnostic(code(state::unknown_run), help("`pipe runs` lists the recorded runs"))]

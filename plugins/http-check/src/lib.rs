@@ -1,15 +1,20 @@
 //! `http-check`: requests a URL until it answers the expected status (and,
 //! optionally, a body substring or a JSON field), within `attempts` × `interval`.
-//! Outputs the last status and latency.
+//! Outputs the last status and latency. As a deployment's health check, it
+//! requests `path` on the instance's own address, once per call.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use pipe_sdk::{Capability, Context, Description, Field, Plugin, http};
+use pipe_sdk::{Capability, Context, Description, Field, FieldKind, Plugin, Role, http};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
-    url: String,
+    /// The URL a step checks.
+    url: Option<String>,
+    /// The path a health check requests on the instance.
+    #[serde(default = "defaults::path")]
+    path: String,
     #[serde(default = "defaults::method")]
     method: String,
     #[serde(default = "defaults::expect")]
@@ -26,6 +31,9 @@ struct Config {
 }
 
 mod defaults {
+    pub fn path() -> String {
+        "/".into()
+    }
     pub fn method() -> String {
         "GET".into()
     }
@@ -50,7 +58,8 @@ impl Plugin for HttpCheck {
 
     fn describe() -> Description {
         Description::new("http-check", env!("CARGO_PKG_VERSION"), "Wait until an HTTP endpoint answers as expected")
-            .field(Field::required("url", "the URL to request"))
+            .field(Field::optional("url", "the URL a step requests").kind(FieldKind::Url))
+            .field(Field::optional("path", "the path a health check requests on the instance (default /)"))
             .field(Field::optional("method", "the HTTP method (default GET)"))
             .field(Field::optional("expect", "the expected status (default 200)"))
             .field(Field::optional("attempts", "how many requests at most (default 10)"))
@@ -59,37 +68,46 @@ impl Plugin for HttpCheck {
             .field(Field::optional("body-contains", "text the body must contain"))
             .field(Field::optional("json-field", "`field=value` a JSON body must have"))
             .needs(Capability::Net)
+            .role(Role::Step)
+            .role(Role::Health)
     }
 
     fn run(c: Config, _ctx: &Context) -> Result<(), String> {
-        let interval = duration(&c.interval)?;
-        let timeout = duration(&c.request_timeout)?;
+        let url = c.url.clone().ok_or("`url` is required when http-check runs as a step")?;
+        let interval = pipe_sdk::duration(&c.interval)?;
         let mut last = String::new();
         for attempt in 1..=c.attempts.max(1) {
-            let start = Instant::now();
-            let result = http::Request::new(&c.method, &c.url).timeout(timeout).send();
-            let latency = start.elapsed();
-            match result {
-                Ok(resp) => {
-                    pipe_sdk::output("status", &resp.status.to_string())?;
-                    pipe_sdk::output("latency-ms", &latency.as_millis().to_string())?;
-                    match verdict(&c, &resp) {
-                        Ok(()) => {
-                            pipe_sdk::log(&format!("{} {} → {} in {latency:?} (attempt {attempt})", c.method, c.url, resp.status));
-                            return Ok(());
-                        }
-                        Err(why) => last = why,
-                    }
+            match once(&c, &url) {
+                Ok(note) => {
+                    pipe_sdk::log(&format!("{note} (attempt {attempt})"));
+                    return Ok(());
                 }
-                Err(e) => last = e,
+                Err(why) => last = why,
             }
             pipe_sdk::log(&format!("attempt {attempt}/{}: {last}", c.attempts));
             if attempt < c.attempts {
                 std::thread::sleep(interval);
             }
         }
-        Err(format!("{} did not become healthy after {} attempts: {last}", c.url, c.attempts))
+        Err(format!("{url} did not become healthy after {} attempts: {last}", c.attempts))
     }
+
+    fn check(c: Config, _ctx: &Context, address: &str) -> Result<String, String> {
+        let path = if c.path.starts_with('/') { c.path.clone() } else { format!("/{}", c.path) };
+        once(&c, &format!("http://{address}{path}"))
+    }
+}
+
+/// One request, judged; the outputs say what it answered.
+fn once(c: &Config, url: &str) -> Result<String, String> {
+    let timeout = pipe_sdk::duration(&c.request_timeout)?;
+    let start = Instant::now();
+    let resp = http::Request::new(&c.method, url).timeout(timeout).send()?;
+    let latency = start.elapsed();
+    pipe_sdk::output("status", &resp.status.to_string())?;
+    pipe_sdk::output("latency-ms", &latency.as_millis().to_string())?;
+    verdict(c, &resp)?;
+    Ok(format!("{} {url} → {} in {latency:?}", c.method, resp.status))
 }
 
 fn verdict(c: &Config, resp: &http::Response) -> Result<(), String> {
@@ -115,20 +133,6 @@ fn verdict(c: &Config, resp: &http::Response) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `500ms`, `2s`, `1m`.
-fn duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad duration `{text}`"))?;
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration `{text}`: use ms, s or m")),
-    }
 }
 
 pipe_sdk::export!(HttpCheck);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pipe_sdk::{Capability, Context, Description, Field, Plugin, http};
+use pipe_sdk::{Capability, Context, Description, Event, Field, FieldKind, Plugin, Role, http};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -44,7 +44,7 @@ impl Plugin for Notify {
 
     fn describe() -> Description {
         Description::new("notify", env!("CARGO_PKG_VERSION"), "Post a run's outcome to a webhook")
-            .field(Field::required("url", "the webhook URL (keep it in a secret)"))
+            .field(Field::required("url", "the webhook URL (keep it in a secret)").kind(FieldKind::Url))
             .field(Field::optional("format", "generic (default), slack or discord"))
             .field(Field::optional("text", "the message"))
             .field(Field::optional("pipeline", "the pipeline, e.g. ${run.pipeline}"))
@@ -53,18 +53,46 @@ impl Plugin for Notify {
             .field(Field::optional("logs", "where the logs are"))
             .field(Field::optional("attempts", "tries on 5xx or no answer (default 3)"))
             .needs(Capability::Net)
+            .role(Role::Step)
+            .role(Role::Notify)
     }
 
     fn run(c: Config, _ctx: &Context) -> Result<(), String> {
         let failed: Vec<&str> = c.failed.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         let summary = summary(&c, &failed);
+        let generic = serde_json::json!({
+            "pipeline": c.pipeline, "status": c.status, "failed_steps": failed,
+            "logs": c.logs, "text": c.text, "summary": summary,
+        });
+        post(&c, &summary, generic)
+    }
+
+    fn notify(c: Config, _ctx: &Context, e: &Event) -> Result<(), String> {
+        let mut summary = format!("{} {} {}: {}", e.pipeline, e.deploy, e.version, e.message);
+        let facts: Vec<String> = e.details.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if !facts.is_empty() {
+            summary.push_str(&format!(" ({})", facts.join(", ")));
+        }
+        if !e.logs.is_empty() {
+            summary.push_str(&format!(" — logs: {}", e.logs));
+        }
+        let details: serde_json::Map<String, serde_json::Value> =
+            e.details.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let generic = serde_json::json!({
+            "pipeline": e.pipeline, "deploy": e.deploy, "version": e.version, "event": e.kind,
+            "message": e.message, "details": details, "logs": e.logs, "summary": summary,
+        });
+        post(&c, &summary, generic)
+    }
+}
+
+/// Posts the message in the configured shape, retrying 5xx and no answer.
+fn post(c: &Config, summary: &str, generic: serde_json::Value) -> Result<(), String> {
+    {
         let body = match c.format.as_str() {
             "slack" => serde_json::json!({ "text": summary }),
             "discord" => serde_json::json!({ "content": summary }),
-            "generic" => serde_json::json!({
-                "pipeline": c.pipeline, "status": c.status, "failed_steps": failed,
-                "logs": c.logs, "text": c.text, "summary": summary,
-            }),
+            "generic" => generic,
             other => return Err(format!("format `{other}`: use generic, slack or discord")),
         };
         let host = c.url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("the webhook");

@@ -10,7 +10,7 @@ use anstyle::{AnsiColor, Style};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::duration;
-use crate::run::{Event, Stream};
+use crate::event::{Event, Stream, Subscriber};
 use crate::state::{RunRecord, RunStatus, Status, StepRecord};
 
 /// Above this many steps the summary lists only what did not succeed.
@@ -46,38 +46,40 @@ impl Human {
         Human { out: AutoStream::auto(std::io::stdout()), width, bar, running: BTreeSet::new() }
     }
 
-    pub fn event(&mut self, e: Event) {
+    fn handle(&mut self, e: &Event) {
         match e {
-            Event::RunStarted { run_id, pipeline, steps, jobs } => {
+            Event::RunStarted { run, jobs } => {
                 if let Some(bar) = &self.bar {
-                    bar.set_length(steps.len() as u64);
+                    bar.set_length(run.steps.len() as u64);
                 }
                 let line = format!(
-                    "{BOLD}▶ {pipeline}{BOLD:#} {DIM}run {run_id} · {} steps · {jobs} at a time{DIM:#}",
-                    steps.len()
+                    "{BOLD}▶ {}{BOLD:#} {DIM}run {} · {} steps · {jobs} at a time{DIM:#}",
+                    run.pipeline,
+                    run.id,
+                    run.steps.len()
                 );
                 self.print(&line);
             }
             Event::StepStarted { step, attempt, command } => {
-                if attempt == 1 {
-                    let prefix = self.prefix(&step);
+                if *attempt == 1 {
+                    let prefix = self.prefix(step);
                     for (i, line) in command.lines().enumerate() {
                         let lead = if i == 0 { "$" } else { " " };
                         self.print(&format!("{prefix} {DIM}│ {lead} {line}{DIM:#}"));
                     }
                 }
-                self.running.insert(step);
+                self.running.insert(step.clone());
                 self.refresh();
             }
             Event::StepLog { step, stream, line } => {
-                let style = if stream == Stream::Pipe { DIM } else { Style::new() };
-                let prefix = self.prefix(&step);
+                let style = if *stream == Stream::Pipe { DIM } else { Style::new() };
+                let prefix = self.prefix(step);
                 self.print(&format!("{prefix} {DIM}│{DIM:#} {style}{line}{style:#}"));
             }
             Event::StepRetrying { step, attempt, delay_ms, reason } => {
                 let line = format!(
                     "{YELLOW}↻ {step}: attempt {attempt} failed ({reason}), retrying in {}{YELLOW:#}",
-                    duration(delay_ms)
+                    duration(*delay_ms)
                 );
                 self.print(&line);
             }
@@ -87,14 +89,14 @@ impl Human {
                     bar.inc(1);
                 }
                 self.refresh();
-                let line = finished_line(&rec);
+                let line = finished_line(rec);
                 self.print(&line);
             }
             Event::RunFinished(run) => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                self.summary(&run);
+                self.summary(run);
             }
         }
     }
@@ -168,6 +170,12 @@ impl Human {
         for line in lines {
             self.print(&line);
         }
+    }
+}
+
+impl Subscriber for Human {
+    fn event(&mut self, event: &Event) {
+        self.handle(event);
     }
 }
 

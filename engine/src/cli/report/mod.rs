@@ -1,39 +1,37 @@
-//! Turning run events into output: live prefixed lines with a progress view
-//! for people, or one JSON object per line for tools. A task on the run's own
-//! (single) thread: no cross-thread wake-up per event, which on a small machine
-//! costs more than the printing.
+//! The console's subscribers of a run's events: live prefixed lines with a
+//! progress view for people, or one JSON object per line for tools.
 
 mod human;
 
 use std::io::Write;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Format;
+use crate::event::{Event, Subscriber};
 use crate::plan::Plan;
-use crate::run::Event;
 
-/// Prints events until the run drops its sender.
-pub async fn report(format: Format, plan: &Plan, mut rx: UnboundedReceiver<Event>) {
-    let width = plan.graph.node_weights().map(|s| s.id.len()).max().unwrap_or(0).min(32);
-    let mut batch = Vec::new();
+/// The console reporter for `format`.
+pub fn console(format: Format, plan: &Plan) -> Box<dyn Subscriber> {
     match format {
-        Format::Json => {
-            let mut out = std::io::BufWriter::new(std::io::stdout());
-            while rx.recv_many(&mut batch, 256).await > 0 {
-                for e in batch.drain(..) {
-                    if let Ok(line) = serde_json::to_string(&e) {
-                        let _ = writeln!(out, "{line}");
-                    }
-                }
-                let _ = out.flush();
-            }
-        }
+        Format::Json => Box::new(Json(std::io::BufWriter::new(std::io::stdout()))),
         Format::Human => {
-            let mut human = human::Human::new(width);
-            while rx.recv_many(&mut batch, 256).await > 0 {
-                batch.drain(..).for_each(|e| human.event(e));
-            }
+            let width = plan.graph.node_weights().map(|s| s.id.len()).max().unwrap_or(0).min(32);
+            Box::new(human::Human::new(width))
         }
+    }
+}
+
+/// One JSON object per event and line.
+struct Json(std::io::BufWriter<std::io::Stdout>);
+
+impl Subscriber for Json {
+    fn event(&mut self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let _ = writeln!(self.0, "{line}");
+        }
+    }
+
+    fn flush(&mut self) {
+        let _ = self.0.flush();
     }
 }
 

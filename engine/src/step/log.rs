@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use super::event::{Event, Events, Stream};
 use super::mask::Masker;
+use crate::event::{Event, Events, Stream};
 
 /// Lines kept for the failure summary.
 pub const TAIL_LINES: usize = 15;
@@ -102,6 +102,29 @@ impl StepLog {
         self.events.send(Event::StepLog { step: self.step.to_string(), stream, line });
     }
 
+    /// Text from a source that must not be able to forge pipe's own output (a
+    /// plugin): each line of it becomes a line of the log, with terminal escape
+    /// sequences and other control characters removed and its length capped.
+    pub fn untrusted(&self, stream: Stream, text: &str) {
+        for line in text.split('\n') {
+            let mut clean = sanitize(line);
+            if clean.len() > MAX_LINE_BYTES {
+                let mut cut = MAX_LINE_BYTES;
+                while !clean.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                clean.truncate(cut);
+                clean.push_str(" [pipe: line cut]");
+            }
+            self.line(stream, &clean);
+        }
+    }
+
+    /// What masks this log's secrets.
+    pub fn masker(&self) -> &Masker {
+        &self.masker
+    }
+
     /// A line from the engine itself (attempt markers, timeouts).
     pub fn note(&self, text: &str) {
         for (i, line) in text.lines().enumerate() {
@@ -157,5 +180,54 @@ impl StepLog {
     fn emit(&self, stream: Stream, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
         self.line(stream, text.strip_suffix('\r').unwrap_or(&text));
+    }
+}
+
+/// Removes what a terminal would interpret: ANSI escape sequences (CSI and OSC),
+/// other C0/C1 control characters (a tab stays), and bidirectional overrides.
+fn sanitize(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates, up to a final byte.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC (titles, hyperlinks): up to BEL or ESC \\.
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn terminal_control_is_removed() {
+        assert_eq!(sanitize("\u{1b}[31mred\u{1b}[0m plain"), "red plain");
+        assert_eq!(sanitize("\u{1b}]0;title\u{7}after"), "after");
+        assert_eq!(sanitize("a\rb\u{8}c\td"), "abc\td");
+        assert_eq!(sanitize("\u{202e}evil"), "evil");
+        assert_eq!(sanitize("✓ deploy.ship 1.2s"), "✓ deploy.ship 1.2s");
     }
 }
