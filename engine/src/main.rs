@@ -5,9 +5,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = pipe::cli::Cli::parse();
-    // Engine diagnostics (not step output) go to stderr, off unless PIPE_LOG asks.
+    // pipe's own warnings go to stderr; other crates' (wasmtime, bollard, …)
+    // only when PIPE_LOG asks, so they never mix into the console or JSON events.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PIPE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_env("PIPE_LOG").unwrap_or_else(|_| EnvFilter::new("off,pipe=warn")))
         .with_writer(std::io::stderr)
         .without_time()
         .init();

@@ -25,6 +25,7 @@ pub struct Output {
 
 impl Test {
     pub fn new() -> Test {
+        watch_for_leftovers();
         Test { dir: tempfile::tempdir().expect("tempdir"), args: Vec::new(), env: Vec::new() }
     }
 
@@ -168,6 +169,52 @@ pub fn alive(pid: i32) -> bool {
 pub fn read_pid(path: &Path) -> i32 {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.trim().parse().unwrap_or_else(|_| panic!("no pid in {}: {text:?}", path.display()))
+}
+
+/// Makes this test process the adopter of whatever its children leave behind
+/// (a child subreaper), and checks at exit that none of it still runs: a test
+/// that leaves an nginx worker, a step's background process or an instance
+/// running fails the suite, and what it left is killed.
+pub fn watch_for_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
+        // SAFETY: registers a plain `extern "C"` function that only reads /proc,
+        // writes to stderr and signals processes.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(check_leftovers);
+        }
+    });
+}
+
+extern "C" fn check_leftovers() {
+    let me = std::process::id().to_string();
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
+            let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default().replace('\0', " ");
+            left.push((entry.file_name().to_string_lossy().into_owned(), cmd));
+        }
+    }
+    if left.is_empty() {
+        return;
+    }
+    eprintln!("error: the tests left {} process(es) running:", left.len());
+    for (pid, cmd) in &left {
+        eprintln!("  {pid} {cmd}");
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // SAFETY: ends the process at once with a failing status, as a test failure would.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(101);
+    }
 }
 
 pub mod docker;

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -150,6 +151,8 @@ impl Nginx {
             .arg(prefix.join("logs/error.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Master and workers in a group of their own, to be stopped together.
+            .process_group(0)
             .spawn()
             .expect("start nginx");
         let start = Instant::now();
@@ -172,8 +175,27 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_group(&mut self.child, nix::sys::signal::Signal::SIGQUIT);
+    }
+}
+
+/// Stops a server the way it expects (`graceful`, to its leader) and waits for
+/// its whole process group to be gone; SIGKILLs the group if it lingers.
+pub fn stop_group(child: &mut Child, graceful: nix::sys::signal::Signal) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, graceful);
+    let start = Instant::now();
+    let _ = child.wait();
+    while killpg(pid, None).is_ok() {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -7,6 +7,7 @@ pub mod discover;
 pub mod error;
 pub mod interp;
 pub mod model;
+mod nesting;
 mod parser;
 mod plugin_step;
 pub mod reader;

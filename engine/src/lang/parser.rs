@@ -57,10 +57,7 @@ const RESERVED_STAGE_NAMES: &[&str] = &["on-success", "on-failure", "always"];
 /// Parses one file's text into the pipelines it defines. A template file defines none.
 pub fn parse_source(src: &Arc<Source>) -> Result<Vec<Pipeline>, Errors> {
     let mut parser = Parser { errs: Errors::default(), depth: 0 };
-    let doc = match KdlDocument::parse(&src.text) {
-        Ok(doc) => doc,
-        Err(e) => return Err(syntax_errors(src, e)),
-    };
+    let doc = parse_kdl(src)?;
     let mut pipelines = Vec::new();
     let mut names: HashMap<String, Loc> = HashMap::new();
     for node in doc.nodes().iter().map(|n| Node::new(n, src)) {
@@ -79,6 +76,13 @@ pub fn parse_source(src: &Arc<Source>) -> Result<Vec<Pipeline>, Errors> {
         }
     }
     if parser.errs.is_empty() { Ok(pipelines) } else { Err(parser.errs) }
+}
+
+/// The KDL document of a source, refused before parsing when its blocks nest
+/// too deep for the recursive parser.
+pub(super) fn parse_kdl(src: &Arc<Source>) -> Result<KdlDocument, Errors> {
+    super::nesting::check(src)?;
+    KdlDocument::parse(&src.text).map_err(|e| syntax_errors(src, e))
 }
 
 /// kdl-rs recovers from one mistake by reporting every block around it as

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use kdl::{KdlDocument, KdlValue};
 
 use super::error::{LangError, did_you_mean};
-use super::parser::{Body, Parser, syntax_errors};
+use super::parser::{Body, Parser, parse_kdl};
 use super::reader::Node;
 use super::source::Source;
 
@@ -34,10 +34,10 @@ pub(super) fn include(parser: &mut Parser, node: Node, body: &mut Body) {
     };
     let name = relative_name(&node.src.name, &path.value);
     let src = Source::new(name, &file, text);
-    let doc = match KdlDocument::parse(&src.text) {
+    let doc = match parse_kdl(&src) {
         Ok(doc) => doc,
         Err(e) => {
-            parser.errs.0.extend(syntax_errors(&src, e).0);
+            parser.errs.0.extend(e.0);
             return;
         }
     };
