@@ -50,6 +50,24 @@ fn valid_pipelines_run_to_their_expected_outcome() {
     });
 }
 
+/// The plan of every valid case, as `pipe graph` prints it: an edge that
+/// changes cannot pass unnoticed.
+#[test]
+fn valid_pipelines_plan_to_their_snapshotted_graph() {
+    insta::glob!("cases/valid/*.kdl", |path| {
+        let dir = cases_dir();
+        let name = path.strip_prefix(&dir).expect("inside cases").display().to_string();
+        let out = Command::new(support::PIPE)
+            .args(["graph", "--file", &name])
+            .current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run pipe");
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
+    });
+}
+
 /// A small, deterministic cousin of the fuzz target (`engine/fuzz`) that runs in
 /// every test run: every fixture and example, cut and spliced at many places,
 /// must be rejected or accepted, never panic the checker.

@@ -114,3 +114,6 @@ impl Plan {
         self.graph.node_count() == 0
     }
 }
+
+#[cfg(test)]
+mod tests;

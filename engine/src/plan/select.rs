@@ -6,7 +6,7 @@ use std::collections::{BinaryHeap, HashSet};
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
-use petgraph::visit::{Dfs, Reversed};
+use petgraph::visit::{Dfs, EdgeRef, Reversed};
 
 use super::{Plan, PlanError, Role};
 
@@ -82,10 +82,17 @@ impl Plan {
         order
     }
 
-    /// Direct dependencies of a step, as ids.
-    pub fn needs_of(&self, n: NodeIndex) -> Vec<&str> {
-        let mut v: Vec<&str> =
-            self.graph.neighbors_directed(n, Direction::Incoming).map(|d| self.graph[d].id.as_str()).collect();
+    /// Direct dependencies of a step, as ids; an ordering-only dependency (a
+    /// hook, a `when step=`) is marked `(after)`.
+    pub fn needs_of(&self, n: NodeIndex) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .graph
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| {
+                let id = &self.graph[e.source()].id;
+                if *e.weight() == super::Edge::After { format!("{id} (after)") } else { id.clone() }
+            })
+            .collect();
         v.sort_unstable();
         v
     }

@@ -42,6 +42,33 @@ pub struct RunContext {
     pub protected: Protected,
 }
 
+#[cfg(test)]
+impl RunContext {
+    /// A context for running `plan` under `root`, as a run without secrets,
+    /// git or plugins would have.
+    pub(crate) fn for_tests(plan: &crate::plan::Plan, root: &Path) -> RunContext {
+        let run_dir = crate::state::record::run_dir(root, "test-run");
+        for sub in ["logs", "outputs"] {
+            std::fs::create_dir_all(run_dir.join(sub)).expect("run dir");
+        }
+        RunContext {
+            run_id: "test-run".into(),
+            pipeline: plan.pipeline.clone(),
+            root: root.to_path_buf(),
+            dir: root.to_path_buf(),
+            run_dir,
+            git: GitInfo::default(),
+            secrets: HashMap::new(),
+            masker: Masker::default(),
+            env: std::env::vars().collect(),
+            programs: ProgramCache::default(),
+            plugins: HashMap::new(),
+            network: None,
+            protected: Protected::default(),
+        }
+    }
+}
+
 /// What a step's templates and conditions can see of the run so far.
 pub struct View<'a> {
     pub ids: &'a HashMap<String, usize>,

@@ -317,3 +317,117 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Scheduler;
+    use crate::event::{Event, Events};
+    use crate::lang::Source;
+    use crate::plan::Plan;
+    use crate::run::RunContext;
+    use crate::state::{RunStatus, Status, StepRecord};
+
+    fn plan(text: &str) -> Plan {
+        let src = Source::new("t.kdl", "t.kdl", text);
+        let pipelines = crate::lang::parse(&src).unwrap_or_else(|e| panic!("{:?}", e.0));
+        crate::plan::plan(&pipelines[0]).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    /// Runs a plan with real processes in a scratch directory.
+    fn run(plan: &Plan, jobs: usize, reuse: Vec<StepRecord>) -> (RunStatus, Vec<StepRecord>, Vec<Event>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Arc::new(RunContext::for_tests(plan, dir.path()));
+        let (events, mut rx) = Events::channel();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (status, records) = rt.block_on(Scheduler::new(plan, ctx, jobs, events).reuse(reuse).run());
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            seen.push(e);
+        }
+        (status, records, seen)
+    }
+
+    fn status_of(records: &[StepRecord], id: &str) -> Status {
+        records.iter().find(|r| r.id == id).map(|r| r.status).unwrap_or_else(|| panic!("no {id}"))
+    }
+
+    #[test]
+    fn a_failure_skips_dependents_cancels_siblings_and_runs_the_hooks() {
+        let p = plan(
+            r#"pipeline "p" {
+                stage "a" { step "bad" { run "exit 3" }; step "slow" { run "sleep 30" } }
+                stage "b" { needs "a"; step "never" { run "true" } }
+                on-failure { step "report" { run "true" } }
+                on-success { step "party" { run "true" } }
+                always { step "tidy" { run "true" } }
+            }"#,
+        );
+        let (status, records, _) = run(&p, 2, Vec::new());
+        assert_eq!(status, RunStatus::Failed);
+        assert_eq!(status_of(&records, "a.bad"), Status::Failed);
+        assert_eq!(status_of(&records, "a.slow"), Status::Cancelled);
+        assert_eq!(status_of(&records, "b.never"), Status::Skipped);
+        assert_eq!(status_of(&records, "on-failure.report"), Status::Succeeded);
+        assert_eq!(status_of(&records, "on-success.party"), Status::Skipped);
+        assert_eq!(status_of(&records, "always.tidy"), Status::Succeeded);
+    }
+
+    #[test]
+    fn an_allowed_failure_lets_dependents_run() {
+        let p = plan(
+            r#"pipeline "p" {
+                stage "a" { step "lint" { run "false"; continue-on-error } }
+                stage "b" { needs "a"; step "ship" { run "true" } }
+            }"#,
+        );
+        let (status, records, _) = run(&p, 2, Vec::new());
+        assert_eq!(status, RunStatus::Succeeded);
+        assert_eq!(status_of(&records, "b.ship"), Status::Succeeded);
+    }
+
+    #[test]
+    fn jobs_bounds_how_many_steps_run_at_once() {
+        let p = plan(
+            r#"pipeline "p" { stage "s" { step "a" { run "true" }; step "b" { run "true" }; step "c" { run "true" } } }"#,
+        );
+        let (_, _, events) = run(&p, 1, Vec::new());
+        let (mut running, mut most) = (0i32, 0i32);
+        for e in &events {
+            match e {
+                Event::StepStarted { .. } => running += 1,
+                Event::StepFinished(_) => running -= 1,
+                _ => {}
+            }
+            most = most.max(running);
+        }
+        assert_eq!(most, 1);
+    }
+
+    #[test]
+    fn a_skip_propagates_through_needs_but_not_to_unrelated_steps() {
+        let p = plan(
+            r#"pipeline "p" {
+                stage "a" { step "gated" { run "true"; when env="PIPE_TEST_NEVER_SET" } }
+                stage "b" { step "after" { run "true"; needs "a.gated" }; step "free" { run "true" } }
+            }"#,
+        );
+        let (status, records, _) = run(&p, 2, Vec::new());
+        assert_eq!(status, RunStatus::Succeeded);
+        assert_eq!(status_of(&records, "a.gated"), Status::Skipped);
+        assert_eq!(status_of(&records, "b.after"), Status::Skipped);
+        assert_eq!(status_of(&records, "b.free"), Status::Succeeded);
+    }
+
+    #[test]
+    fn a_rerun_reuses_what_succeeded_and_runs_the_rest() {
+        let p = plan(r#"pipeline "p" { stage "s" { step "done" { run "false" }; step "todo" { run "true" } } }"#);
+        let mut earlier = StepRecord::pending("s.done");
+        earlier.status = Status::Succeeded;
+        let (status, records, _) = run(&p, 2, vec![earlier]);
+        assert_eq!(status, RunStatus::Succeeded, "`s.done` would fail if it ran again");
+        assert_eq!(records[0].reason.as_deref(), Some("succeeded in the earlier run"));
+        assert_eq!(status_of(&records, "s.todo"), Status::Succeeded);
+    }
+}
