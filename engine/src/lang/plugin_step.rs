@@ -81,23 +81,10 @@ impl Parser {
     }
 }
 
-/// `64MiB`, `512MB`, `1GiB`, `1048576`.
+/// `64MiB`, `512MB`, `1GiB`, `1048576`, as `bytesize` reads sizes (`K`, `M`
+/// and `G` alone are powers of 1000; `Ki`, `Mi`, `Gi` of 1024).
 pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "kib" | "k" => 1 << 10,
-        "mb" => 1_000_000,
-        "mib" | "m" => 1 << 20,
-        "gb" => 1_000_000_000,
-        "gib" | "g" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(scale)
+    text.trim().parse::<bytesize::ByteSize>().ok().map(|s| s.as_u64())
 }
 
 #[cfg(test)]
@@ -109,6 +96,7 @@ mod tests {
         assert_eq!(parse_size("64MiB"), Some(64 << 20));
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("512MB"), Some(512_000_000));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
         assert_eq!(parse_size("lots"), None);
     }
 }
