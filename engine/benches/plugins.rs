@@ -4,7 +4,9 @@
 //!    process steps running `true`, through `pipe run --jobs 2`;
 //! 2. loading a component: compiling it cold, from the disk cache, from memory;
 //!    and one instantiate + call of a no-op plugin;
-//! 3. a host call's round trip (a plugin making 100,000 `set-output` calls).
+//! 3. a host call's round trip (a plugin making 100,000 `set-output` calls);
+//! 4. responsiveness: a plugin spinning beside a `true` step, how long `true`
+//!    takes and how far past its 1 s timeout the plugin is stopped.
 //!
 //! Run: `cargo bench -p pipe --bench plugins`.
 
@@ -129,6 +131,47 @@ fn main() {
     println!("  from memory (same process)  {:>8.3} ms", ms(median(&mut memory)));
     println!("  new store + instantiate + call (no-op)  {:>6.3} ms", ms(median(&mut instantiate)));
     println!("host call round trip (set-output)          {:>6.2} µs", per_call * 1e6);
+
+    let busy = dir.path().join("busy");
+    std::fs::create_dir_all(&busy).expect("mkdir");
+    let kdl = format!(
+        "pipeline \"busy\" {{ stage \"s\" {{\n  step \"spin\" {{ uses \"{}\" mode=\"loop\"; timeout \"1s\"; continue-on-error }}\n  step \"quick\" {{ run \"true\" }}\n}} }}\n",
+        wasm.display()
+    );
+    std::fs::write(busy.join("pipe.kdl"), kdl).expect("write");
+    let (mut quick, mut overshoot) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let record = run_and_read(pipe, &busy, &cache);
+        let took = |id: &str| {
+            let steps = record["steps"].as_array().expect("steps");
+            let ms = steps.iter().find(|s| s["id"] == id).and_then(|s| s["duration_ms"].as_u64()).expect("duration");
+            Duration::from_millis(ms)
+        };
+        quick.push(took("s.quick"));
+        overshoot.push(took("s.spin").saturating_sub(Duration::from_secs(1)));
+    }
+    println!("a plugin spinning beside a `true` step (jobs 2)");
+    println!("  the `true` step takes        {:>8.1} ms", ms(median(&mut quick)));
+    println!("  the plugin stopped past its 1 s timeout by {:>5.1} ms (target < 100)", ms(median(&mut overshoot)));
+}
+
+/// Runs `pipe run` in `dir` and returns the run's record.
+fn run_and_read(pipe: &str, dir: &Path, cache: &Path) -> serde_json::Value {
+    let status = Command::new(pipe)
+        .args(["run", "--jobs", "2"])
+        .current_dir(dir)
+        .env("CI", "1")
+        .env("PIPE_CACHE_DIR", cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
+    assert!(status.success(), "pipe run failed in {}", dir.display());
+    let runs = dir.join(".pipe/runs");
+    let run = std::fs::read_dir(&runs).expect("runs").flatten().next().expect("a run").path();
+    let record = serde_json::from_slice(&std::fs::read(run.join("run.json")).expect("record")).expect("json");
+    let _ = std::fs::remove_dir_all(dir.join(".pipe"));
+    record
 }
 
 fn unsafe_free_env(key: &str, value: &Path) {
