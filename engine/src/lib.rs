@@ -7,6 +7,7 @@
 //! [`plugin`] (the wasmtime host).
 
 pub mod cli;
+pub mod deploy;
 pub mod docker;
 pub mod event;
 pub mod lang;

@@ -5,6 +5,7 @@ mod support;
 
 mod cancel;
 mod containers;
+mod deploy;
 mod discovery;
 mod examples;
 mod plugins;

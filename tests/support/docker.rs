@@ -39,12 +39,17 @@ impl Image {
         }
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY rootfs/ /\nLABEL pipe.test=1\n")
             .expect("Dockerfile");
-        let tar = Command::new("tar").arg("-C").arg(ctx.path()).args(["-cf", "-", "."]).output().expect("tar");
+        Image::build(ctx.path(), "pipe-test-busybox")
+    }
+
+    /// Builds the image whose context is `dir`, tagged `<name>:<unique>`.
+    pub fn build(dir: &std::path::Path, name: &str) -> Image {
+        let tar = Command::new("tar").arg("-C").arg(dir).args(["-cf", "-", "."]).output().expect("tar");
         assert!(tar.status.success());
         let tag = format!(
-            "pipe-test-busybox:{}-{}",
+            "{name}:{}-{}",
             std::process::id(),
-            ctx.path().file_name().expect("name").to_string_lossy().to_lowercase()
+            dir.file_name().expect("name").to_string_lossy().to_lowercase().replace(['.', '_'], "-")
         );
         let rt = runtime();
         let docker = docker(&rt);

@@ -21,6 +21,8 @@ pub struct Output {
     pub stdout: String,
     pub stderr: String,
     pub dir: PathBuf,
+    /// Whether dropping the output removes `dir` (a run that consumed its `Test`).
+    owned: bool,
 }
 
 impl Test {
@@ -91,6 +93,7 @@ impl Test {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             dir: self.path().to_path_buf(),
+            owned: true,
         };
         // Keep the directory alive for inspection through `Output`.
         let _ = self.dir.keep();
@@ -101,7 +104,21 @@ impl Test {
     pub fn into_output(self) -> Output {
         let dir = self.path().to_path_buf();
         let _ = self.dir.keep();
-        Output { code: -1, stdout: String::new(), stderr: String::new(), dir }
+        Output { code: -1, stdout: String::new(), stderr: String::new(), dir, owned: true }
+    }
+
+    /// Runs `pipe args…` in this repository with extra environment, keeping
+    /// the repository for more runs (the output does not remove it).
+    #[track_caller]
+    pub fn pipe(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self.command().args(args).envs(env.iter().copied()).output().expect("run pipe");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            dir: self.path().to_path_buf(),
+            owned: false,
+        }
     }
 
     /// Runs and checks the exit code, showing everything on a mismatch.
@@ -144,7 +161,9 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -217,6 +236,7 @@ extern "C" fn check_leftovers() {
     }
 }
 
+pub mod deploy;
 pub mod docker;
 pub mod servers;
 

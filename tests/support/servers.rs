@@ -136,11 +136,11 @@ impl Nginx {
         std::fs::write(prefix.join("app.inc"), format!("upstream app {{ server {first_backend}; }}\n")).expect("inc");
         let conf = format!(
             "daemon off;\nworker_processes 1;\nerror_log {p}/logs/error.log;\npid {p}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
+             events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/tmp;\n  proxy_temp_path {p}/tmp;\n  \
              fastcgi_temp_path {p}/tmp;\n  uwsgi_temp_path {p}/tmp;\n  scgi_temp_path {p}/tmp;\n  \
              include {p}/app.inc;\n  server {{\n    listen 127.0.0.1:{port};\n    \
-             location / {{ proxy_pass http://app; }}\n  }}\n}}\n",
+             location / {{ proxy_pass http://app; proxy_next_upstream error timeout http_502 http_503; }}\n  }}\n}}\n",
             p = prefix.display()
         );
         std::fs::write(prefix.join("nginx.conf"), conf).expect("conf");

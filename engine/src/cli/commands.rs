@@ -33,6 +33,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
         Command::Gc => gc(),
+        Command::Deploy(command) => super::deploy_cmd::dispatch(root, file, command),
     }
 }
 

@@ -2,6 +2,7 @@
 //! become rendered reports and exit codes.
 
 mod commands;
+mod deploy_cmd;
 mod diagnostics;
 mod plugin_cmd;
 mod project;
@@ -89,6 +90,9 @@ pub enum Command {
     },
     /// Remove containers and networks left behind by runs that died.
     Gc,
+    /// See and steer deployments: status, resume, rollback, history.
+    #[command(subcommand)]
+    Deploy(deploy_cmd::DeployCommand),
     /// Write, build, inspect and try plugins; pin their digests.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),

@@ -151,7 +151,7 @@ async fn run_alone(
         }
     };
     let granted =
-        match granted.with_settings(&config, &plugin.info.fields, &std::env::current_dir().unwrap_or_default()) {
+        match granted.with_settings(&mut config, &plugin.info.fields, &std::env::current_dir().unwrap_or_default()) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("error: {e}");

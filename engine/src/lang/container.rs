@@ -17,7 +17,7 @@ impl Parser {
         *slot = self.container(node);
     }
 
-    fn pull_policy(&mut self, node: Node) -> PullPolicy {
+    pub(super) fn pull_policy(&mut self, node: Node) -> PullPolicy {
         match node.prop_string("pull", &mut self.errs) {
             None => PullPolicy::IfMissing,
             Some(p) => match p.value.as_str() {

@@ -37,6 +37,16 @@ pub enum RefKind {
     RunId,
     RunPipeline,
     RunFailedSteps,
+    /// `state.<key>`: the pipeline's persistent state when the step starts
+    /// (`state.nginx-switch/app.current` reads a plugin's key).
+    State(String),
+    /// `pipeline.dir`: the pipeline file's directory, absolute.
+    PipelineDir,
+    /// `slot.name`, `slot.port`, `slot.address`: inside a deployment's instance,
+    /// the slot it is started in.
+    Slot(SlotField),
+    /// `deploy.version`: inside a deployment, the version it deploys.
+    DeployVersion,
     /// `steps.<stage>.<step>.outputs.<key>`; the planner resolves `stage` to an instance.
     StepOutput {
         stage: String,
@@ -45,7 +55,15 @@ pub enum RefKind {
     },
 }
 
-pub const NAMESPACES: &[&str] = &["env", "secrets", "matrix", "param", "git", "run", "steps"];
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotField {
+    Name,
+    Port,
+    Address,
+}
+
+pub const NAMESPACES: &[&str] =
+    &["env", "secrets", "matrix", "param", "git", "run", "steps", "state", "pipeline", "slot", "deploy"];
 
 impl Template {
     pub fn literal(text: &str, loc: Loc) -> Self {
@@ -167,6 +185,21 @@ fn parse_ref(inner: &str) -> Result<RefKind, RefError> {
             _ => Err(unknown_field("run", path, &["id", "pipeline", "failed-steps"])),
         },
         "steps" => parse_step_output(path),
+        "state" => need_name("state key").map(RefKind::State),
+        "pipeline" => match path {
+            "dir" => Ok(RefKind::PipelineDir),
+            _ => Err(unknown_field("pipeline", path, &["dir"])),
+        },
+        "slot" => match path {
+            "name" => Ok(RefKind::Slot(SlotField::Name)),
+            "port" => Ok(RefKind::Slot(SlotField::Port)),
+            "address" => Ok(RefKind::Slot(SlotField::Address)),
+            _ => Err(unknown_field("slot", path, &["name", "port", "address"])),
+        },
+        "deploy" => match path {
+            "version" => Ok(RefKind::DeployVersion),
+            _ => Err(unknown_field("deploy", path, &["version"])),
+        },
         _ => Err((
             format!("unknown namespace `{ns}`"),
             did_you_mean(ns, NAMESPACES.iter().copied()).or_else(|| Some(super::error::expected_one_of(NAMESPACES))),
@@ -233,7 +266,9 @@ mod tests {
 
     #[test]
     fn references_are_parsed() {
-        let (t, errs) = parse("${env.A}-${steps.test[linux,1.2].unit.outputs.v}-${run.failed-steps}");
+        let (t, errs) = parse(
+            "${env.A}-${steps.test[linux,1.2].unit.outputs.v}-${run.failed-steps}-${state.nginx-switch/app.current}-${pipeline.dir}-${slot.port}",
+        );
         assert!(errs.is_empty(), "{errs:?}");
         let kinds: Vec<_> = t.refs().map(|r| r.kind.clone()).collect();
         assert_eq!(
@@ -242,6 +277,9 @@ mod tests {
                 RefKind::Env("A".into()),
                 RefKind::StepOutput { stage: "test[linux,1.2]".into(), step: "unit".into(), key: "v".into() },
                 RefKind::RunFailedSteps,
+                RefKind::State("nginx-switch/app.current".into()),
+                RefKind::PipelineDir,
+                RefKind::Slot(SlotField::Port),
             ]
         );
     }

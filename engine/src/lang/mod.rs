@@ -3,6 +3,7 @@
 
 mod blocks;
 mod container;
+mod deploy;
 pub mod discover;
 pub mod error;
 pub mod interp;

@@ -184,6 +184,128 @@ pub enum Action {
     Run(RunCommand),
     Plugin(PluginCall),
     ImageBuild(ImageBuild),
+    Deploy(Box<Deploy>),
+}
+
+/// `deploy "name" strategy="blue-green" { instance …; slots {…}; health …; traffic …; … }`:
+/// a new version of a long-running service put in front of its users.
+#[derive(Clone, Debug)]
+pub struct Deploy {
+    pub name: String,
+    pub strategy: Strategy,
+    /// What the deployment calls the version it puts out (default: the image, or `${git.sha}`).
+    pub version: Option<Template>,
+    pub instance: Instance,
+    pub slots: Vec<Slot>,
+    pub health: Role,
+    pub traffic: Role,
+    pub verify: Option<Verify>,
+    /// The longest the old version may take to lose its last connection.
+    pub drain: Duration,
+    /// How long the old version stays running, idle, for an instant rollback.
+    pub keep_previous: Duration,
+    pub probe: Option<Probe>,
+    pub loc: Loc,
+}
+
+impl Deploy {
+    /// Every template: the instance's (where `${slot.*}` may appear), then the
+    /// deployment's own (version, roles, verify, probe).
+    pub fn templates_mut(&mut self) -> (Vec<&mut Template>, Vec<&mut Template>) {
+        let Deploy { instance, version, health, traffic, verify, probe, .. } = self;
+        let instance: Vec<&mut Template> = match instance {
+            Instance::Docker { image, env, cmd, .. } => {
+                std::iter::once(image).chain(cmd.iter_mut()).chain(env.0.iter_mut().map(|v| &mut v.value)).collect()
+            }
+            Instance::Command { start, stop, status, env } => std::iter::once(start)
+                .chain(stop.iter_mut())
+                .chain(status.iter_mut())
+                .chain(env.0.iter_mut().map(|v| &mut v.value))
+                .collect(),
+        };
+        let roles = [health, traffic]
+            .into_iter()
+            .flat_map(|r| r.config.iter_mut().map(|(_, t)| t).chain(r.grants.templates_mut()));
+        let own = version
+            .iter_mut()
+            .chain(roles)
+            .chain(verify.iter_mut().flat_map(|v| std::iter::once(&mut v.url).chain(v.body_contains.iter_mut())))
+            .chain(probe.iter_mut().map(|p| &mut p.url))
+            .collect();
+        (instance, own)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    BlueGreen,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
+/// What runs in a slot: a long-lived container, or anything started by commands.
+#[derive(Clone, Debug)]
+pub enum Instance {
+    /// A container (restart policy `unless-stopped`) with its `port` published
+    /// on the slot's loopback port.
+    Docker {
+        image: Template,
+        pull: PullPolicy,
+        port: u16,
+        env: Env,
+        cmd: Option<Template>,
+        network: Option<String>,
+        memory: Option<u64>,
+    },
+    /// `start` runs detached (it may stay in the foreground or daemonize);
+    /// `stop` and `status` are optional (default: signal / look at what start left).
+    Command { start: Template, stop: Option<Template>, status: Option<Template>, env: Env },
+}
+
+/// A place an instance runs in: blue, green.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub name: String,
+    pub port: u16,
+    pub loc: Loc,
+}
+
+/// A plugin in a deployment role (`health`, `traffic`): its settings and grants.
+#[derive(Clone, Debug)]
+pub struct Role {
+    pub uses: Spanned<String>,
+    pub config: Vec<(String, Template)>,
+    pub grants: Grants,
+    /// Health checks: how many checks at most, and the wait between them.
+    pub attempts: u32,
+    pub interval: Duration,
+}
+
+/// `verify url="…" status=200 body-contains="…" times=5 timeout="30s"`: the
+/// public URL serves the new version, `times` times in a row on new connections.
+#[derive(Clone, Debug)]
+pub struct Verify {
+    pub url: Template,
+    pub status: u16,
+    pub body_contains: Option<Template>,
+    pub times: u32,
+    pub timeout: Duration,
+}
+
+/// `probe url="…" rate=200 max-failures=0`: requests through the public URL
+/// during the whole deployment, counted per phase.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub url: Template,
+    pub rate: u32,
+    pub max_failures: u64,
 }
 
 /// `image-build context="." tag="app:1" dockerfile="Dockerfile" target="…" { arg K "v"; label K "v"; tag "more" }`.

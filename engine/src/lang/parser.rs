@@ -21,6 +21,7 @@ const PIPELINE_NODES: &[&str] =
     &["env", "secrets", "container", "executor", "service", "stage", "include", "on-success", "on-failure", "always"];
 const STAGE_NODES: &[&str] = &[
     "needs",
+    "deploy",
     "env",
     "container",
     "executor",
@@ -240,6 +241,7 @@ impl Parser {
                     stage.matrix = self.matrix(child);
                 }
                 "step" => stage.steps.extend(self.step(child)),
+                "deploy" => stage.steps.extend(self.deploy(child)),
                 "on-success" | "on-failure" | "always" => self.hook_block(child, &mut stage.hooks),
                 other => self.unknown(child, "a stage", STAGE_NODES, other),
             }
@@ -297,13 +299,7 @@ impl Parser {
                 "needs" => step.needs.extend(self.needs(child)),
                 "when" => step.when.extend(self.condition(child)),
                 "retry" => step.retry = self.retry(child),
-                "timeout" => {
-                    self.leaf(child, &[], 1);
-                    step.timeout = child.args().next().and_then(|e| child.entry_duration(e, "timeout", &mut self.errs));
-                    if step.timeout.is_none() && child.args().next().is_none() {
-                        child.arg_string("a duration", &mut self.errs);
-                    }
-                }
+                "timeout" => step.timeout = self.timeout(child),
                 "continue-on-error" => {
                     self.leaf(child, &[], 1);
                     step.continue_on_error = match child.args().next() {
@@ -388,7 +384,16 @@ impl Parser {
         Retry { count, backoff }
     }
 
-    fn needs(&mut self, node: Node) -> Vec<Spanned<String>> {
+    pub(super) fn timeout(&mut self, node: Node) -> Option<Spanned<std::time::Duration>> {
+        self.leaf(node, &[], 1);
+        let timeout = node.args().next().and_then(|e| node.entry_duration(e, "timeout", &mut self.errs));
+        if timeout.is_none() && node.args().next().is_none() {
+            node.arg_string("a duration", &mut self.errs);
+        }
+        timeout
+    }
+
+    pub(super) fn needs(&mut self, node: Node) -> Vec<Spanned<String>> {
         self.leaf(node, &[], usize::MAX);
         let needs = node.arg_texts("needs", &mut self.errs);
         if needs.is_empty() {
@@ -435,7 +440,7 @@ impl Parser {
     }
 
     /// A stage or step name: one argument, usable inside `stage.step` references.
-    fn name(&mut self, node: Node, kind: &str) -> Option<Spanned<String>> {
+    pub(super) fn name(&mut self, node: Node, kind: &str) -> Option<Spanned<String>> {
         let name = node.arg_string(&format!("a {kind} name"), &mut self.errs)?;
         let bad = name.value.is_empty() || name.value.contains(['.', '[', ']', '/', '$']);
         if bad {

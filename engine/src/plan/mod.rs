@@ -18,7 +18,7 @@ use crate::lang::model::{Action, Condition, ContainerSpec, Env, Executor, Retry,
 
 pub use error::PlanError;
 pub use export::GraphFormat;
-pub use planner::plan;
+pub use planner::{plan, templates_mut};
 
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -99,9 +99,10 @@ impl Plan {
     /// image builds or services.
     pub fn uses_docker(&self) -> bool {
         !self.services.is_empty()
-            || self.graph.node_weights().any(|s| match s.action {
+            || self.graph.node_weights().any(|s| match &s.action {
                 Action::Run(_) => s.container.is_some(),
                 Action::ImageBuild(_) => true,
+                Action::Deploy(d) => matches!(d.instance, crate::lang::model::Instance::Docker { .. }),
                 Action::Plugin(_) => false,
             })
     }

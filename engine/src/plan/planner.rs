@@ -396,9 +396,24 @@ impl Planner<'_> {
             let ii = self.inst_of(n);
             let mut step = self.graph[n].clone();
             let matrix = step.matrix.clone();
-            for t in templates_mut(&mut step) {
+            for (t, scope) in templates_mut(&mut step) {
                 for r in t.refs_mut() {
                     match &mut r.kind {
+                        RefKind::Slot(_) if scope != Scope::Instance => {
+                            let help = Some(
+                                "`${slot.…}` exists in a deploy's `instance` (its start command, env, image)".into(),
+                            );
+                            self.errs.push(PlanError::unresolved(
+                                &r.loc,
+                                &r.text,
+                                "not inside a deploy instance",
+                                help,
+                            ));
+                        }
+                        RefKind::DeployVersion if scope == Scope::Step => {
+                            let help = Some("`${deploy.version}` exists inside a `deploy` block".into());
+                            self.errs.push(PlanError::unresolved(&r.loc, &r.text, "not inside a deploy", help));
+                        }
                         RefKind::Matrix(key) if !matrix.contains_key(key.as_str()) => {
                             let help = if matrix.is_empty() {
                                 Some("only steps of a stage with a `matrix` have matrix values".into())
@@ -520,25 +535,44 @@ pub(super) fn split_step(target: &str) -> Option<(&str, &str)> {
     None
 }
 
-pub(super) fn templates_mut(step: &mut PlannedStep) -> Vec<&mut Template> {
-    let mut out: Vec<&mut Template> = Vec::new();
+/// Where a template sits, for references that exist only in some places.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Step,
+    /// A deployment's own settings: `${deploy.version}` exists here.
+    Deploy,
+    /// A deployment's instance: `${slot.*}` exists here too.
+    Instance,
+}
+
+/// Every template of a step, with where it sits.
+pub fn templates_mut(step: &mut PlannedStep) -> Vec<(&mut Template, Scope)> {
+    fn scoped<'a>(scope: Scope, ts: impl Iterator<Item = &'a mut Template>) -> Vec<(&'a mut Template, Scope)> {
+        ts.map(|t| (t, scope)).collect()
+    }
+    let mut out: Vec<(&mut Template, Scope)> = Vec::new();
     match &mut step.action {
-        Action::Run(run) => out.push(&mut run.script),
+        Action::Run(run) => out.push((&mut run.script, Scope::Step)),
         Action::Plugin(call) => {
-            out.extend(call.config.iter_mut().map(|(_, t)| t));
-            out.extend(call.grants.templates_mut());
+            out.extend(scoped(Scope::Step, call.config.iter_mut().map(|(_, t)| t)));
+            out.extend(scoped(Scope::Step, call.grants.templates_mut()));
         }
         Action::ImageBuild(b) => {
-            out.push(&mut b.context);
-            out.extend(b.tags.iter_mut());
-            out.extend(b.args.iter_mut().chain(b.labels.iter_mut()).map(|(_, t)| t));
+            out.push((&mut b.context, Scope::Step));
+            out.extend(scoped(Scope::Step, b.tags.iter_mut()));
+            out.extend(scoped(Scope::Step, b.args.iter_mut().chain(b.labels.iter_mut()).map(|(_, t)| t)));
+        }
+        Action::Deploy(d) => {
+            let (instance, own) = d.templates_mut();
+            out.extend(scoped(Scope::Instance, instance.into_iter()));
+            out.extend(scoped(Scope::Deploy, own.into_iter()));
         }
     }
     for env in &mut step.env {
-        out.extend(env.0.iter_mut().map(|v| &mut v.value));
+        out.extend(env.0.iter_mut().map(|v| (&mut v.value, Scope::Step)));
     }
-    out.extend(step.workdir.as_mut());
-    out.extend(step.container.as_mut().map(|c| &mut c.image));
+    out.extend(step.workdir.as_mut().map(|t| (t, Scope::Step)));
+    out.extend(step.container.as_mut().map(|c| (&mut c.image, Scope::Step)));
     out
 }
 

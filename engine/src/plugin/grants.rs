@@ -49,16 +49,20 @@ impl FieldKind {
 }
 
 impl Granted {
-    /// Adds what the call's typed settings imply (`dir` resolves relative paths).
+    /// Adds what the call's typed settings imply. A file setting that is
+    /// relative is made absolute against `dir` (the pipeline's directory),
+    /// as its grant is, so that the plugin opens what was granted.
     pub fn with_settings(
         mut self,
-        config: &[(String, String)],
+        config: &mut [(String, String)],
         fields: &[super::contract::FieldInfo],
         dir: &Path,
     ) -> Result<Granted, String> {
-        for (key, value) in config {
-            if let Some(f) = fields.iter().find(|f| f.name == *key) {
-                self.derive(f.kind, value, dir).map_err(|e| format!("setting `{key}`: {e}"))?;
+        for (key, value) in config.iter_mut() {
+            let Some(f) = fields.iter().find(|f| f.name == *key) else { continue };
+            self.derive(f.kind, value, dir).map_err(|e| format!("setting `{key}`: {e}"))?;
+            if matches!(f.kind, FieldKind::FileRead | FieldKind::FileWrite) {
+                *value = absolute(&dir.join(&*value)).display().to_string();
             }
         }
         Ok(self)

@@ -171,14 +171,28 @@ impl Host {
             })
     }
 
-    /// Starts a call on the plugin threads.
-    pub fn spawn(
-        &'static self,
-        run: Arc<PluginRun>,
-        log: StepLog,
-        cancel: CancellationToken,
-    ) -> tokio::task::JoinHandle<Outcome> {
-        self.runtime.spawn(async move { self.invoke(&run, &log, &cancel).await })
+    /// Runs a call on the plugin threads, so that a busy plugin never holds
+    /// up the caller's runtime. Cancelling `cancel` stops the call at its next
+    /// epoch tick; one stuck in a host call that does not yield is abandoned
+    /// after a short grace.
+    pub async fn call(&'static self, run: Arc<PluginRun>, log: &StepLog, cancel: &CancellationToken) -> Outcome {
+        const CANCEL_GRACE: Duration = Duration::from_millis(100);
+        let label = run.plugin.label();
+        let (log, token) = (log.clone(), cancel.clone());
+        let mut task = self.runtime.spawn(async move { self.invoke(&run, &log, &token).await });
+        let joined = |r: Result<Outcome, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| failed(Failure::Broke(format!("{label}: the plugin's task ended abnormally: {e}"))))
+        };
+        tokio::select! {
+            r = &mut task => joined(r),
+            () = cancel.cancelled() => match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
+                Ok(r) => joined(r),
+                Err(_) => {
+                    task.abort();
+                    failed(Failure::Cancelled)
+                }
+            },
+        }
     }
 
     /// Runs one call to its end, its cancellation, or its sandbox's limits.

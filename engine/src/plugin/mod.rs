@@ -63,21 +63,35 @@ pub struct Site<'p> {
     pub role: Role,
 }
 
-/// Every place the plan uses a plugin.
+/// Every place the plan uses a plugin: plugin steps, and deployments' roles
+/// (keyed `<step>#health`, `<step>#traffic`).
 pub fn sites(plan: &Plan) -> Vec<Site<'_>> {
-    plan.graph
-        .node_weights()
-        .filter_map(|s| match &s.action {
-            Action::Plugin(call) => Some(Site {
+    let mut out = Vec::new();
+    for s in plan.graph.node_weights() {
+        match &s.action {
+            Action::Plugin(call) => out.push(Site {
                 key: s.id.clone(),
                 uses: &call.uses,
                 config: &call.config,
                 grants: &call.grants,
                 role: Role::Step,
             }),
-            _ => None,
-        })
-        .collect()
+            Action::Deploy(d) => {
+                for (role, which, spec) in [(Role::Health, "health", &d.health), (Role::Traffic, "traffic", &d.traffic)]
+                {
+                    out.push(Site {
+                        key: format!("{}#{which}", s.id),
+                        uses: &spec.uses,
+                        config: &spec.config,
+                        grants: &spec.grants,
+                        role,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Resolves, pins, loads and verifies every plugin a plan uses, keyed by site.
@@ -201,7 +215,12 @@ fn verify(site: &Site, p: &Prepared, protected: &Protected) -> Vec<PluginError> 
     };
     for cap in &p.info.capabilities {
         let (granted, grant, example) = match cap.as_str() {
-            "net" => (!g.net.is_empty() || typed(&[FieldKind::Url]), "allow-net", "allow-net \"127.0.0.1:8080\""),
+            // A health check reaches the instance it checks: the deployment grants that address.
+            "net" => (
+                !g.net.is_empty() || typed(&[FieldKind::Url]) || site.role == Role::Health,
+                "allow-net",
+                "allow-net \"127.0.0.1:8080\"",
+            ),
             "read" => (
                 !g.read.is_empty() || !g.write.is_empty() || typed(&[FieldKind::FileRead, FieldKind::FileWrite]),
                 "allow-read",

@@ -33,6 +33,8 @@ pub struct Finished {
     pub outputs: BTreeMap<String, String>,
     pub reason: Option<String>,
     pub tail: Vec<String>,
+    /// The step kind's report, whatever the outcome (a deployment's phases).
+    pub details: Option<serde_json::Value>,
 }
 
 pub async fn run(job: Job) -> Finished {
@@ -86,6 +88,9 @@ pub async fn run(job: Job) -> Finished {
         job.log.note(r);
     }
     let _ = std::fs::remove_file(&job.output_file);
+    let details_file = outputs::details_path(&job.output_file);
+    let details = std::fs::read(&details_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let _ = std::fs::remove_file(&details_file);
     Finished {
         status,
         exit_code: exit,
@@ -94,6 +99,7 @@ pub async fn run(job: Job) -> Finished {
         outputs,
         reason,
         tail: job.log.finish(),
+        details,
     }
 }
 

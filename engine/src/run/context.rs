@@ -42,6 +42,38 @@ pub struct RunContext {
     pub protected: Protected,
 }
 
+impl RunContext {
+    /// Everything a run knows before its first step: the environment, secret
+    /// values (files read and git asked off the runtime thread), git facts,
+    /// and the plugins the plan uses, prepared and pinned.
+    pub async fn prepare(plan: &crate::plan::Plan, root: &Path, run_id: String) -> Result<RunContext, super::RunError> {
+        let (spec, dir) = (plan.secrets.clone(), plan.dir.clone());
+        let (env, secrets, git) = super::blocking(move || {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let secrets = super::secrets::load(&spec, &env)?;
+            Ok::<_, super::RunError>((env, secrets, GitInfo::detect(&dir)))
+        })
+        .await?;
+        let plugins =
+            crate::plugin::prepare(plan, root, crate::plugin::LockMode::Pin).await.map_err(super::RunError::Plugins)?;
+        Ok(RunContext {
+            run_dir: crate::state::record::run_dir(root, &run_id),
+            run_id,
+            pipeline: plan.pipeline.clone(),
+            root: root.to_path_buf(),
+            dir: plan.dir.clone(),
+            masker: Masker::new(secrets.values().map(String::as_str)),
+            git,
+            secrets,
+            env,
+            programs: ProgramCache::default(),
+            plugins,
+            network: None,
+            protected: crate::plugin::protected(plan, root),
+        })
+    }
+}
+
 #[cfg(test)]
 impl RunContext {
     /// A context for running `plan` under `root`, as a run without secrets,
@@ -126,6 +158,7 @@ impl RunContext {
             Action::Run(RunCommand { script, shell }) => (script, shell),
             Action::Plugin(call) => return self.render_plugin(step, call, view, &env, workdir, output_file),
             Action::ImageBuild(build) => return self.render_image_build(step, build, view, &env, output_file),
+            Action::Deploy(deploy) => return self.render_deploy(step, deploy, view, &env, output_file),
         };
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
         if let Some(spec) = &step.container {
@@ -215,6 +248,7 @@ impl RunContext {
                 RefKind::GitBranch => Ok(self.git.branch.clone()),
                 RefKind::RunId => Ok(self.run_id.clone()),
                 RefKind::RunPipeline => Ok(self.pipeline.clone()),
+                RefKind::PipelineDir => Ok(self.dir.display().to_string()),
                 _ => Err(missing("not known before the steps run")),
             }
         })
@@ -267,28 +301,10 @@ impl RunContext {
         let plugin =
             self.plugins.get(&step.id).cloned().ok_or_else(|| refused("the plugin was not prepared".into()))?;
         let render = |t: &Template| t.render(|r| self.resolve(r, step, view, env));
-        let config: Vec<(String, String)> =
+        let mut config: Vec<(String, String)> =
             call.config.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect::<Result<_, RenderError>>()?;
-        let g = &call.grants;
-        let dirs = |list: &[Template]| -> Result<Vec<PathBuf>, RenderError> {
-            list.iter().map(|d| Ok(absolute(&self.dir.join(render(d)?)))).collect()
-        };
-        let granted = Granted {
-            net: g.net.iter().map(render).collect::<Result<_, _>>()?,
-            read: dirs(&g.read)?,
-            write: dirs(&g.write)?,
-            exec: g.exec.iter().map(|e| e.iter().map(render).collect()).collect::<Result<_, _>>()?,
-            env: g
-                .env
-                .iter()
-                .filter_map(|n| {
-                    env.get(&n.value).or_else(|| self.env.get(&n.value)).map(|v| (n.value.clone(), v.clone()))
-                })
-                .collect(),
-            connect: g.connect.iter().map(render).collect::<Result<_, _>>()?,
-            state: g.state.iter().map(|s| s.value.clone()).collect(),
-        };
-        let granted = granted.with_settings(&config, &plugin.info.fields, &self.dir).map_err(refused)?;
+        let granted = self.render_grants(&call.grants, &render, env)?;
+        let granted = granted.with_settings(&mut config, &plugin.info.fields, &self.dir).map_err(refused)?;
         granted.check(&self.protected).map_err(refused)?;
         let workspace = granted
             .read
@@ -316,7 +332,35 @@ impl RunContext {
         Ok(Rendered { invocation: Invocation::Plugin(Arc::new(run)), display })
     }
 
-    fn resolve(
+    /// A step's explicit grants, rendered, paths made absolute below the
+    /// pipeline's directory, granted variables given their values.
+    pub(super) fn render_grants(
+        &self,
+        g: &crate::lang::model::Grants,
+        render: &dyn Fn(&Template) -> Result<String, RenderError>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Granted, RenderError> {
+        let dirs = |list: &[Template]| -> Result<Vec<PathBuf>, RenderError> {
+            list.iter().map(|d| Ok(absolute(&self.dir.join(render(d)?)))).collect()
+        };
+        Ok(Granted {
+            net: g.net.iter().map(render).collect::<Result<_, _>>()?,
+            read: dirs(&g.read)?,
+            write: dirs(&g.write)?,
+            exec: g.exec.iter().map(|e| e.iter().map(render).collect()).collect::<Result<_, _>>()?,
+            env: g
+                .env
+                .iter()
+                .filter_map(|n| {
+                    env.get(&n.value).or_else(|| self.env.get(&n.value)).map(|v| (n.value.clone(), v.clone()))
+                })
+                .collect(),
+            connect: g.connect.iter().map(render).collect::<Result<_, _>>()?,
+            state: g.state.iter().map(|s| s.value.clone()).collect(),
+        })
+    }
+
+    pub(super) fn resolve(
         &self,
         r: &Reference,
         step: &PlannedStep,
@@ -340,6 +384,16 @@ impl RunContext {
             RefKind::RunId => Ok(self.run_id.clone()),
             RefKind::RunPipeline => Ok(self.pipeline.clone()),
             RefKind::RunFailedSteps => Ok(view.failed().join(", ")),
+            RefKind::State(key) => match StateStore::open(&self.root, &self.pipeline).snapshot() {
+                Ok(mut state) => match state.remove(key) {
+                    Some(v) => Ok(v),
+                    None => missing(&format!("the pipeline's state has no `{key}`")),
+                },
+                Err(e) => missing(&e.to_string()),
+            },
+            RefKind::PipelineDir => Ok(self.dir.display().to_string()),
+            RefKind::Slot(_) => missing("there is no slot outside a deploy instance"),
+            RefKind::DeployVersion => missing("there is no deploy version outside a deploy"),
             RefKind::StepOutput { stage, step: name, key } => {
                 let id = format!("{stage}.{name}");
                 match view.output(&id, key) {

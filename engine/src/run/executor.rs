@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::container::{self, ContainerRun};
 use super::image::{self, ImageBuildRun};
 use super::process::{self, ProcessSpec};
+use crate::deploy::DeployRun;
 use crate::plugin::PluginRun;
 use crate::step::{Exit, StepLog};
 
@@ -25,6 +26,7 @@ pub enum Invocation {
     SwarmJob(Box<ContainerRun>),
     ImageBuild(Box<ImageBuildRun>),
     Plugin(Arc<PluginRun>),
+    Deploy(Box<DeployRun>),
 }
 
 impl Invocation {
@@ -49,5 +51,6 @@ pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &Cancellati
         Invocation::SwarmJob(spec) => super::swarm::run(spec, log, cancel).await,
         Invocation::ImageBuild(spec) => image::run(spec, log, cancel).await,
         Invocation::Plugin(call) => super::plugin::run(call, log, cancel).await,
+        Invocation::Deploy(run) => crate::deploy::run(run, log, cancel).await,
     }
 }

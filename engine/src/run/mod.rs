@@ -12,9 +12,11 @@ pub mod image;
 mod plugin;
 pub mod process;
 mod records;
+mod render_deploy;
 mod scheduler;
 pub mod secrets;
 mod services;
+mod standalone;
 mod swarm;
 
 use std::path::PathBuf;
@@ -23,12 +25,12 @@ use std::time::{Instant, SystemTime};
 
 use crate::event::{Event, Events};
 use crate::plan::Plan;
-use crate::state::record::run_dir;
 use crate::state::{RunLock, RunRecord, RunStatus, StateError, StepRecord};
 pub use context::RunContext;
 pub use error::{RenderError, RunError};
 pub use records::RecordWriter;
 use scheduler::Scheduler;
+pub use standalone::deploy_alone;
 
 pub struct RunOptions {
     /// Where `.pipe/` lives (the repository root).
@@ -48,14 +50,6 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     // block: off the runtime thread, which the reporter shares.
     let (root, pipeline, id, wait) = (opts.root.clone(), plan.pipeline.clone(), run_id.clone(), opts.wait);
     let lock = blocking(move || RunLock::acquire(&root, &pipeline, &id, wait)).await?;
-    let (spec, dir) = (plan.secrets.clone(), plan.dir.clone());
-    let (env, secrets, git) = blocking(move || {
-        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-        let secrets = secrets::load(&spec, &env)?;
-        Ok::<_, RunError>((env, secrets, git::GitInfo::detect(&dir)))
-    })
-    .await?;
-    let masker = crate::step::Masker::new(secrets.values().map(String::as_str));
     // One clear error before any step starts, not one per container step.
     let docker = if plan.uses_docker() {
         let docker = crate::docker::client().await?;
@@ -68,23 +62,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     } else {
         None
     };
-    let plugins =
-        crate::plugin::prepare(plan, &opts.root, crate::plugin::LockMode::Pin).await.map_err(RunError::Plugins)?;
-    let mut ctx = RunContext {
-        run_id: run_id.clone(),
-        pipeline: plan.pipeline.clone(),
-        root: opts.root.clone(),
-        dir: plan.dir.clone(),
-        run_dir: run_dir(&opts.root, &run_id),
-        git,
-        secrets,
-        masker,
-        env,
-        programs: Default::default(),
-        plugins,
-        network: None,
-        protected: crate::plugin::protected(plan, &opts.root),
-    };
+    let mut ctx = RunContext::prepare(plan, &opts.root, run_id.clone()).await?;
     let services = match (&docker, plan.services.is_empty()) {
         (Some(docker), false) => {
             let started = services::Services::start(docker, &ctx, &plan.services).await?;
@@ -132,7 +110,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
 }
 
 /// Runs blocking work on tokio's blocking pool; a panic in it is an engine bug.
-async fn blocking<T: Send + 'static, E: Into<RunError> + Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static, E: Into<RunError> + Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, RunError> {
     match tokio::task::spawn_blocking(f).await {

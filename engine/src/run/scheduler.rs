@@ -232,6 +232,7 @@ impl<'p> Scheduler<'p> {
             reason: done.reason.map(|r| masker.mask(&r)),
             tail: if done.status == Status::Failed { done.tail } else { Vec::new() },
             command: self.records[n.index()].command.take(),
+            details: done.details.map(|d| mask_json(d, masker)),
         };
         // Later steps read the outputs as written; the record keeps masked ones.
         self.outputs[n.index()] = done.outputs;
@@ -286,6 +287,17 @@ impl<'p> Scheduler<'p> {
 
     fn view(&self) -> View<'_> {
         View { ids: &self.ids, records: &self.records, outputs: &self.outputs }
+    }
+}
+
+/// A step kind's report as the record keeps it: every string masked.
+fn mask_json(value: serde_json::Value, masker: &crate::step::Masker) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(masker.mask(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| mask_json(v, masker)).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, mask_json(v, masker))).collect()),
+        other => other,
     }
 }
 

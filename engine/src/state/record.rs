@@ -99,6 +99,10 @@ pub struct StepRecord {
     /// What ran, as shown to people (secrets masked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// What the step kind reports besides outputs: a deployment's phases and
+    /// its probe's numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl StepRecord {
@@ -114,6 +118,7 @@ impl StepRecord {
             reason: None,
             tail: Vec::new(),
             command: None,
+            details: None,
         }
     }
 

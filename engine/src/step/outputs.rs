@@ -45,6 +45,12 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+/// Where a step kind's structured report (a deployment's phases and probe
+/// numbers) sits beside its outputs file; the run record keeps it.
+pub fn details_path(output_file: &std::path::Path) -> std::path::PathBuf {
+    output_file.with_extension("details.json")
+}
+
 /// Writes outputs in the `$PIPE_OUTPUT` format, heredocs for multi-line values.
 pub fn render(outputs: &BTreeMap<String, String>) -> String {
     let mut text = String::new();

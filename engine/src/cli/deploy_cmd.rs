@@ -1,0 +1,323 @@
+//! `pipe deploy …`: what is live and what is kept, finishing or undoing a
+//! deployment a killed `pipe` left in progress, going back to the previous
+//! release, and the history of a deployment.
+
+use std::io::Write;
+use std::path::Path;
+
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
+
+use super::diagnostics::eprint;
+use super::project::{Loaded, Project};
+use super::{Format, exit};
+use crate::deploy::journal::{Journal, Release, now};
+use crate::deploy::{self, JournalStore, Report};
+use crate::event::{Event, Events};
+use crate::lang::model::Action;
+use crate::state::StateStore;
+use crate::step::StepLog;
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// What is live, since when, what is kept for a rollback, what is in progress.
+    Status {
+        /// The pipeline (needed when several have deployments).
+        pipeline: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Finish what a killed `pipe` left in progress.
+    Resume { pipeline: Option<String>, deploy: Option<String> },
+    /// Undo what is in progress, or go back to the previous release (at once
+    /// while it is kept running, else by deploying it again).
+    Rollback { pipeline: Option<String>, deploy: Option<String> },
+    /// Every deploy, rollback and failure recorded, oldest first.
+    History { pipeline: Option<String>, deploy: Option<String> },
+    /// Stop every instance of a deployment (the proxy is not told): take the service down.
+    Stop { pipeline: Option<String>, deploy: Option<String> },
+}
+
+pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 {
+    let project = Project::load(root, file);
+    let (pipeline, deploy_name, action) = match &command {
+        DeployCommand::Status { pipeline, .. } => (pipeline, &None, "status"),
+        DeployCommand::Resume { pipeline, deploy } => (pipeline, deploy, "resume"),
+        DeployCommand::Rollback { pipeline, deploy } => (pipeline, deploy, "rollback"),
+        DeployCommand::History { pipeline, deploy } => (pipeline, deploy, "history"),
+        DeployCommand::Stop { pipeline, deploy } => (pipeline, deploy, "stop"),
+    };
+    let loaded = match with_deploys(&project, pipeline.as_deref()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Ok(plan) = &loaded.plan else { return exit::INVALID };
+    let deploys: Vec<(String, String)> = plan
+        .graph
+        .node_weights()
+        .filter_map(|s| match &s.action {
+            Action::Deploy(d) => Some((s.id.clone(), d.name.clone())),
+            _ => None,
+        })
+        .collect();
+    let store = StateStore::open(root, &plan.pipeline);
+    match command {
+        DeployCommand::Status { format, .. } => status(&plan.pipeline, &deploys, &store, format),
+        DeployCommand::History { .. } => match pick(&deploys, deploy_name.as_deref()) {
+            Ok((_, name)) => history(name, &store),
+            Err(code) => code,
+        },
+        _ => match pick(&deploys, deploy_name.as_deref()) {
+            Ok((step, name)) => act(root, loaded, step, name, &store, action),
+            Err(code) => code,
+        },
+    }
+}
+
+/// The pipeline named, or the only one with a deployment.
+fn with_deploys<'p>(project: &'p Project, name: Option<&str>) -> Result<&'p Loaded, u8> {
+    let has_deploy = |l: &Loaded| {
+        l.plan.as_ref().is_ok_and(|p| p.graph.node_weights().any(|s| matches!(s.action, Action::Deploy(_))))
+    };
+    if let Some(name) = name {
+        return match project.find(name) {
+            Some(l) if has_deploy(l) => Ok(l),
+            Some(_) => {
+                eprintln!("error: pipeline `{name}` has no deployment");
+                Err(exit::INVALID)
+            }
+            None => {
+                eprintln!("error: no pipeline named `{name}`");
+                Err(exit::INVALID)
+            }
+        };
+    }
+    let with: Vec<&Loaded> = project.pipelines.iter().filter(|l| has_deploy(l)).collect();
+    match with.as_slice() {
+        [one] => Ok(one),
+        [] => {
+            eprintln!("error: no pipeline here has a deployment");
+            Err(exit::INVALID)
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|l| l.pipeline.name.as_str()).collect();
+            eprintln!("error: several pipelines have deployments; name one: {}", names.join(", "));
+            Err(exit::INVALID)
+        }
+    }
+}
+
+fn pick<'d>(deploys: &'d [(String, String)], name: Option<&str>) -> Result<(&'d str, &'d str), u8> {
+    let found: Vec<&(String, String)> = deploys.iter().filter(|(_, n)| name.is_none_or(|want| n == want)).collect();
+    match found.as_slice() {
+        [(step, name)] => Ok((step, name)),
+        [] => {
+            eprintln!("error: no deployment `{}`", name.unwrap_or_default());
+            Err(exit::INVALID)
+        }
+        _ => {
+            let names: Vec<&str> = deploys.iter().map(|(_, n)| n.as_str()).collect();
+            eprintln!("error: several deployments; name one: {}", names.join(", "));
+            Err(exit::INVALID)
+        }
+    }
+}
+
+fn status(pipeline: &str, deploys: &[(String, String)], store: &StateStore, format: Format) -> u8 {
+    let mut out = std::io::stdout().lock();
+    for (_, name) in deploys {
+        let journal = match JournalStore::new(store.clone(), name).load() {
+            Ok(j) => j,
+            Err(e) => {
+                eprint(&e);
+                return exit::FAILED;
+            }
+        };
+        if format == Format::Json {
+            let json = serde_json::json!({ "pipeline": pipeline, "deploy": name, "journal": journal });
+            let _ = writeln!(out, "{json}");
+            continue;
+        }
+        let _ = writeln!(out, "{name} (pipeline {pipeline})");
+        for line in describe(&journal) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    exit::OK
+}
+
+/// The journal in words.
+pub fn describe(j: &Journal) -> Vec<String> {
+    let ago = |t: u64| super::report::duration(now().saturating_sub(t) * 1000);
+    let mut lines = Vec::new();
+    match &j.live {
+        Some(r) => {
+            let git = if r.git_sha.is_empty() { String::new() } else { format!(", git {}", short(&r.git_sha)) };
+            lines.push(format!(
+                "live        {} in slot {} since {} ago (run {}{git})",
+                r.version,
+                r.slot,
+                ago(r.since),
+                r.run_id
+            ))
+        }
+        None => lines.push("live        nothing deployed yet".into()),
+    }
+    match (&j.previous, j.kept_until) {
+        (Some(p), Some(until)) if until > now() => lines.push(format!(
+            "previous    {} in slot {}, kept running for an instant rollback for {} more",
+            p.version,
+            p.slot,
+            super::report::duration((until - now()) * 1000)
+        )),
+        (Some(p), Some(_)) => lines.push(format!(
+            "previous    {} in slot {}, its keep time is over (stopped at the next deploy)",
+            p.version, p.slot
+        )),
+        (Some(p), None) => lines.push(format!("previous    {} (stopped; a rollback deploys it again)", p.version)),
+        (None, _) => {}
+    }
+    match &j.pending {
+        Some(p) => lines.push(format!(
+            "in progress a {} of {} into slot {}, stopped in phase `{}` {} ago (pid {}, run {}): `pipe deploy resume` or `pipe deploy rollback`",
+            if p.action == deploy::journal::Action::Deploy { "deploy" } else { "rollback" },
+            p.to.version,
+            p.to.slot,
+            p.phase.name(),
+            ago(p.started),
+            p.pid,
+            p.run_id
+        )),
+        None => lines.push("in progress nothing".into()),
+    }
+    if let Some(last) = j.history.last() {
+        let note = if last.note.is_empty() { String::new() } else { format!(": {}", last.note) };
+        lines.push(format!(
+            "last        {} {} in slot {} {} ago{note}",
+            last.outcome,
+            last.version,
+            last.slot,
+            ago(last.at)
+        ));
+    }
+    lines
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(8)]
+}
+
+fn history(name: &str, store: &StateStore) -> u8 {
+    let journal = match JournalStore::new(store.clone(), name).load() {
+        Ok(j) => j,
+        Err(e) => {
+            eprint(&e);
+            return exit::FAILED;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if journal.history.is_empty() {
+        let _ = writeln!(out, "no deploys of `{name}` recorded yet");
+        return exit::OK;
+    }
+    let _ = writeln!(out, "{:<24} {:<12} {:<24} {:<8} {:<28} NOTE", "WHEN", "OUTCOME", "VERSION", "SLOT", "RUN");
+    for e in &journal.history {
+        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at));
+        let _ =
+            writeln!(out, "{when:<24} {:<12} {:<24} {:<8} {:<28} {}", e.outcome, e.version, e.slot, e.run_id, e.note);
+    }
+    exit::OK
+}
+
+fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore, action: &str) -> u8 {
+    let Ok(plan) = &loaded.plan else { return exit::INVALID };
+    let journal = match JournalStore::new(store.clone(), name).load() {
+        Ok(j) => j,
+        Err(e) => {
+            eprint(&e);
+            return exit::FAILED;
+        }
+    };
+    // Which release the deployment is rendered for: the one in progress, the
+    // previous one (a rollback that deploys it again), or the live one.
+    let redeploy = action == "rollback" && journal.pending.is_none() && !journal.previous_kept();
+    if action == "rollback" && journal.pending.is_none() && journal.previous.is_none() {
+        eprintln!("error: `{name}` has no previous release to go back to");
+        return exit::FAILED;
+    }
+    let release: Option<Release> = match (&journal.pending, redeploy) {
+        (Some(p), _) => Some(p.to.clone()),
+        (None, true) => match &journal.previous {
+            Some(p) => Some(p.clone()),
+            None => {
+                eprintln!("error: `{name}` has no previous release to go back to");
+                return exit::FAILED;
+            }
+        },
+        (None, false) => journal.live.clone(),
+    };
+    let runtime = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let (events, mut rx) = Events::channel();
+    let result = runtime.block_on(async {
+        let run = match crate::run::deploy_alone(plan, root, step, release.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprint(&e);
+                return Err(exit::FAILED);
+            }
+        };
+        let dir = root.join(".pipe/deploy").join(crate::state::file_safe(&plan.pipeline));
+        let _ = std::fs::create_dir_all(&dir);
+        let log = StepLog::new(dir.join(format!("{name}.{action}.log")), name, events, Default::default());
+        let cancel = CancellationToken::new();
+        let printing = async {
+            while let Some(e) = rx.recv().await {
+                if let Event::StepLog { line, .. } = e {
+                    println!("{line}");
+                }
+            }
+        };
+        let acting = async {
+            let (result, report): (Result<(), deploy::DeployError>, Report) = match (action, redeploy) {
+                ("resume", _) => deploy::resume(&run, &log, &cancel).await,
+                ("stop", _) => {
+                    let stopped = deploy::stop(&run, &log).await;
+                    let report =
+                        Report { outcome: "stopped".into(), version: run.version.clone(), ..Report::default() };
+                    (stopped, report)
+                }
+                ("rollback", false) => deploy::rollback(&run, &log, &cancel).await,
+                _ => {
+                    log.note(&format!("the previous release is no longer running: deploying {} again", run.version));
+                    deploy::redeploy(&run, &log, &cancel).await
+                }
+            };
+            if let Some(probe) = &report.probe {
+                probe.lines().iter().for_each(|l| log.note(l));
+            }
+            log.finish();
+            drop(log);
+            (result, report)
+        };
+        let ((result, report), ()) = tokio::join!(acting, printing);
+        Ok((result, report))
+    });
+    match result {
+        Err(code) => code,
+        Ok((Ok(()), report)) if report.slot.is_empty() => {
+            println!("{name} {}", report.outcome);
+            exit::OK
+        }
+        Ok((Ok(()), report)) => {
+            println!("{name} {}: {} in slot {}", report.outcome, report.version, report.slot);
+            exit::OK
+        }
+        Ok((Err(e), _)) => {
+            eprint(&e);
+            exit::FAILED
+        }
+    }
+}

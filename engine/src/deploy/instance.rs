@@ -1,0 +1,291 @@
+//! What runs in a slot, made to outlive the run that starts it: a container
+//! with a restart policy (Docker), or whatever a `start` command leaves
+//! running, detached from pipe's process groups. Both say clearly when an
+//! instance died, with its last lines.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions, StopContainerOptions};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+
+use super::DeployError;
+use crate::docker::{self, DockerError};
+use crate::lang::model::PullPolicy;
+use crate::step::StepLog;
+
+/// Lines of an instance's output shown when it dies.
+const LAST_LINES: usize = 15;
+
+#[derive(Clone, Debug)]
+pub enum InstanceRun {
+    Docker(DockerInstance),
+    Command(CommandInstance),
+}
+
+#[derive(Clone, Debug)]
+pub struct DockerInstance {
+    /// `<pipeline>-<deploy>-<slot>`.
+    pub name: String,
+    pub image: String,
+    pub pull: PullPolicy,
+    /// The port inside the container, published on the slot's loopback port.
+    pub port: u16,
+    pub host_port: u16,
+    pub env: Vec<(String, String)>,
+    pub cmd: Option<String>,
+    pub network: Option<String>,
+    pub memory: Option<u64>,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CommandInstance {
+    pub start: String,
+    pub stop: Option<String>,
+    pub status: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: PathBuf,
+    /// Where what `start` prints goes (appended).
+    pub log_file: PathBuf,
+}
+
+/// How an instance is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    /// It ended, or keeps restarting: how, in words.
+    Dead(String),
+}
+
+/// How long a `start` command that exits is waited for, and how long a started
+/// instance must survive to count as started.
+const START_SETTLE: Duration = Duration::from_millis(300);
+
+impl InstanceRun {
+    /// Starts the instance; returns the process group a `command` instance runs in.
+    pub async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<Option<i32>, DeployError> {
+        match self {
+            InstanceRun::Docker(d) => d.start(log, cancel).await.map(|()| None),
+            InstanceRun::Command(c) => c.start().await.map(Some),
+        }
+    }
+
+    /// Stops it gracefully (SIGTERM, or its `stop` command), within `grace`.
+    pub async fn stop(&self, group: Option<i32>, grace: Duration) -> Result<(), DeployError> {
+        match self {
+            InstanceRun::Docker(d) => d.stop(grace).await,
+            InstanceRun::Command(c) => c.stop(group, grace).await,
+        }
+    }
+
+    pub async fn status(&self, group: Option<i32>) -> Status {
+        match self {
+            InstanceRun::Docker(d) => d.status().await,
+            InstanceRun::Command(c) => c.status(group).await,
+        }
+    }
+
+    /// The last lines it printed.
+    pub async fn last_lines(&self) -> Vec<String> {
+        match self {
+            InstanceRun::Docker(d) => match docker::client().await {
+                Ok(client) => docker::tail(client, &d.name, LAST_LINES).await,
+                Err(_) => Vec::new(),
+            },
+            InstanceRun::Command(c) => {
+                let text = std::fs::read_to_string(&c.log_file).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(LAST_LINES)..].iter().map(|l| l.to_string()).collect()
+            }
+        }
+    }
+
+    /// What it runs, for the log: an image, or a start command.
+    pub fn describe(&self) -> String {
+        match self {
+            InstanceRun::Docker(d) => format!("container {} ({})", d.name, d.image),
+            InstanceRun::Command(c) => format!("`{}`", c.start),
+        }
+    }
+}
+
+impl DockerInstance {
+    async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<(), DeployError> {
+        let client = docker::client().await?;
+        docker::ensure_image(client, &self.image, self.pull, log, cancel).await?;
+        // A container of this name is a stopped (or kept, not live) release of this slot.
+        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let _ = client.remove_container(&self.name, Some(remove)).await;
+        let port = format!("{}/tcp", self.port);
+        let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(self.host_port.to_string()) };
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: self.cmd.as_ref().map(|c| vec!["sh".into(), "-c".into(), c.clone()]),
+            env: Some(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(self.labels.clone()),
+            exposed_ports: Some(vec![port.clone()]),
+            host_config: Some(HostConfig {
+                port_bindings: Some([(port, Some(vec![binding]))].into_iter().collect()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                memory: self.memory.and_then(|m| i64::try_from(m).ok()),
+                network_mode: self.network.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(self.name.clone()), ..Default::default() };
+        client
+            .create_container(Some(options), body)
+            .await
+            .map_err(DockerError::api(format!("create container {} of `{}`", self.name, self.image)))?;
+        client.start_container(&self.name, None).await.map_err(DockerError::api(format!("start {}", self.name)))?;
+        Ok(())
+    }
+
+    async fn stop(&self, grace: Duration) -> Result<(), DeployError> {
+        let client = docker::client().await?;
+        let t = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
+        let _ =
+            client.stop_container(&self.name, Some(StopContainerOptions { t: Some(t), ..Default::default() })).await;
+        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        match client.remove_container(&self.name, Some(remove)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(DockerError::api(format!("remove {}", self.name))(e).into()),
+        }
+    }
+
+    async fn status(&self) -> Status {
+        let Ok(client) = docker::client().await else { return Status::Dead("the Docker Engine is unreachable".into()) };
+        match client.inspect_container(&self.name, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                let restarts = c.restart_count.unwrap_or(0);
+                if state.running == Some(true) && restarts == 0 && state.restarting != Some(true) {
+                    return Status::Running;
+                }
+                // Restarting, its exit code is already the next start's.
+                let mut how = match (restarts, state.exit_code) {
+                    (0, Some(code)) => format!("exited with code {code}"),
+                    (0, None) => "stopped".to_string(),
+                    (n, _) => format!("exited and was restarted {n} time(s)"),
+                };
+                if state.oom_killed == Some(true) {
+                    how.push_str(" (killed: out of memory)");
+                }
+                Status::Dead(how)
+            }
+            Err(_) => Status::Dead("its container is gone".into()),
+        }
+    }
+}
+
+impl CommandInstance {
+    fn command(&self, line: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", line])
+            .current_dir(&self.workdir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            // A group of its own: neither the step's group kill nor Ctrl-C on
+            // pipe's terminal reaches it.
+            .process_group(0);
+        cmd
+    }
+
+    /// Runs `start` detached, its output appended to the instance's log file.
+    /// A `start` that exits non-zero at once failed; one that exits zero
+    /// started something in the background; one that keeps running is the
+    /// service itself.
+    async fn start(&self) -> Result<i32, DeployError> {
+        if let Some(dir) = self.log_file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| DeployError::io("create", dir, e))?;
+        }
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_file)
+                .map_err(|e| DeployError::io("open", &self.log_file, e))
+        };
+        let mut cmd = self.command(&self.start);
+        cmd.stdout(open()?).stderr(open()?);
+        let mut child = cmd.spawn().map_err(|e| DeployError::Instance(format!("cannot run `{}`: {e}", self.start)))?;
+        let group = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        match tokio::time::timeout(START_SETTLE, child.wait()).await {
+            Ok(Ok(s)) if !s.success() => {
+                let how = s.code().map_or("was killed by a signal".to_string(), |c| format!("exited with code {c}"));
+                Err(DeployError::Instance(format!("`{}` {how}", self.start)))
+            }
+            Ok(Err(e)) => Err(DeployError::Instance(format!("cannot wait for `{}`: {e}", self.start))),
+            // Exited 0 (daemonized), or still running (the service itself):
+            // its group outlives this run; tokio reaps the process if it ends.
+            Ok(Ok(_)) | Err(_) => Ok(group),
+        }
+    }
+
+    async fn stop(&self, group: Option<i32>, grace: Duration) -> Result<(), DeployError> {
+        if let Some(stop) = &self.stop {
+            let run = self.command(stop).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            return match tokio::time::timeout(grace + Duration::from_secs(5), run).await {
+                Ok(Ok(s)) if s.success() => Ok(()),
+                Ok(Ok(s)) => Err(DeployError::Instance(format!("`{stop}` failed with {s}"))),
+                Ok(Err(e)) => Err(DeployError::Instance(format!("cannot run `{stop}`: {e}"))),
+                Err(_) => Err(DeployError::Instance(format!("`{stop}` did not finish within {}", fmt(grace)))),
+            };
+        }
+        let Some(group) = group.filter(|g| *g > 0).map(Pid::from_raw) else { return Ok(()) };
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while alive(group) {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = killpg(group, Signal::SIGKILL);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn status(&self, group: Option<i32>) -> Status {
+        if let Some(status) = &self.status {
+            let run = self.command(status).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            return match tokio::time::timeout(Duration::from_secs(10), run).await {
+                Ok(Ok(s)) if s.success() => Status::Running,
+                Ok(Ok(s)) => Status::Dead(format!("`{status}` says it is not running ({s})")),
+                _ => Status::Dead(format!("`{status}` did not answer")),
+            };
+        }
+        match group.filter(|g| *g > 0).map(Pid::from_raw) {
+            Some(g) if alive(g) => Status::Running,
+            Some(_) => Status::Dead("its processes have exited".into()),
+            None => Status::Running,
+        }
+    }
+}
+
+/// Whether a process group has a member that is not a zombie.
+fn alive(group: Pid) -> bool {
+    if killpg(group, None).is_err() {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
+    dir.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        let Some(close) = stat.rfind(')') else { return false };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        fields.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(group.as_raw()) && fields.first() != Some(&"Z")
+    })
+}
+
+pub fn fmt(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}

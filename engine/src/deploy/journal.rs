@@ -1,0 +1,216 @@
+//! The deploy journal: what is live, what is kept for a rollback, and what is
+//! in progress, in the pipeline's state (`deploy.<name>/journal`). Every phase
+//! is written here before it is acted on, so that a `pipe` killed in any phase
+//! leaves a journal that says what was happening, and `pipe deploy resume` or
+//! `rollback` can finish or undo it.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{StateError, StateStore};
+
+/// Entries of history kept.
+const HISTORY: usize = 50;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Journal {
+    /// What serves traffic now.
+    pub live: Option<Release>,
+    /// What served before, kept running (idle) for an instant rollback until `kept_until`.
+    pub previous: Option<Release>,
+    /// Unix seconds; `None` once the previous release is stopped.
+    pub kept_until: Option<u64>,
+    /// A deploy or rollback that has not finished.
+    pub pending: Option<Pending>,
+    /// Process groups of `command` instances, by slot: what `stop` signals.
+    #[serde(default)]
+    pub groups: BTreeMap<String, i32>,
+    /// Oldest first, bounded.
+    #[serde(default)]
+    pub history: Vec<Entry>,
+}
+
+/// One version in one slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub slot: String,
+    pub version: String,
+    pub git_sha: String,
+    pub run_id: String,
+    /// Unix seconds: since when it is (or was) live.
+    pub since: u64,
+    /// The step outputs the deployment read, to redeploy this release later.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Putting `to` in front of users.
+    Deploy,
+    /// Taking `to` (the one that served before) back.
+    Rollback,
+}
+
+/// The phases of a switch, in order. A phase is recorded before it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Starting the instance that will take the traffic.
+    Start,
+    /// Checking it directly, never through the proxy.
+    Health,
+    /// Telling the proxy.
+    Switch,
+    /// Checking through the public URL that the proxy serves it.
+    Verify,
+    /// Waiting until the other instance has no connection left.
+    Drain,
+    /// Recording the result, keeping or stopping the other instance.
+    Finish,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Start => "start",
+            Phase::Health => "health",
+            Phase::Switch => "switch",
+            Phase::Verify => "verify",
+            Phase::Drain => "drain",
+            Phase::Finish => "finish",
+        }
+    }
+
+    /// Whether traffic may already have moved when this phase was reached.
+    pub fn switched(self) -> bool {
+        self >= Phase::Switch
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    pub action: Action,
+    pub phase: Phase,
+    /// What served when it began (none on the first deploy).
+    pub from: Option<Release>,
+    pub to: Release,
+    /// Unix seconds.
+    pub started: u64,
+    pub pid: u32,
+    /// The boot the pid belongs to: a pid of another boot is not alive.
+    pub boot: String,
+    pub run_id: String,
+    /// Why a rollback was started.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    /// Unix seconds.
+    pub at: u64,
+    /// `deployed`, `rolled-back`, `failed`.
+    pub outcome: String,
+    pub version: String,
+    pub slot: String,
+    pub run_id: String,
+    pub note: String,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where one deployment's journal lives.
+#[derive(Clone, Debug)]
+pub struct JournalStore {
+    store: StateStore,
+    key: String,
+}
+
+impl JournalStore {
+    pub fn new(store: StateStore, deploy: &str) -> JournalStore {
+        JournalStore { store, key: format!("deploy.{deploy}/journal") }
+    }
+
+    /// The pipeline's state the journal lives in.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    pub fn load(&self) -> Result<Journal, StateError> {
+        match self.store.snapshot()?.get(&self.key) {
+            None => Ok(Journal::default()),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|source| StateError::Corrupt { path: format!("state `{}`", self.key).into(), source }),
+        }
+    }
+
+    /// Reads, changes and writes the journal under the state lock (blocking: call off the runtime thread).
+    pub fn update<T>(&self, change: impl FnOnce(&mut Journal) -> T) -> Result<T, StateError> {
+        let guard = self.store.lock()?;
+        let mut map = self.store.read_locked(&guard)?;
+        let mut journal: Journal = match map.get(&self.key) {
+            None => Journal::default(),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|source| StateError::Corrupt { path: format!("state `{}`", self.key).into(), source })?,
+        };
+        let out = change(&mut journal);
+        let over = journal.history.len().saturating_sub(HISTORY);
+        journal.history.drain(..over);
+        let text = serde_json::to_string(&journal)
+            .map_err(|source| StateError::Corrupt { path: format!("state `{}`", self.key).into(), source })?;
+        map.insert(self.key.clone(), text);
+        self.store.write_locked(&guard, &map)?;
+        Ok(out)
+    }
+}
+
+impl Journal {
+    pub fn record(&mut self, outcome: &str, release: &Release, note: impl Into<String>) {
+        self.history.push(Entry {
+            at: now(),
+            outcome: outcome.to_string(),
+            version: release.version.clone(),
+            slot: release.slot.clone(),
+            run_id: release.run_id.clone(),
+            note: note.into(),
+        });
+    }
+
+    /// Whether the previous release is still kept (running) for a rollback.
+    pub fn previous_kept(&self) -> bool {
+        self.previous.is_some() && self.kept_until.is_some_and(|t| t > now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_are_persisted_and_history_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journals = JournalStore::new(StateStore::open(dir.path(), "p"), "orders");
+        let release = Release {
+            slot: "blue".into(),
+            version: "1".into(),
+            git_sha: "abc".into(),
+            run_id: "r".into(),
+            since: now(),
+            inputs: BTreeMap::new(),
+        };
+        for _ in 0..60 {
+            journals.update(|j| j.record("deployed", &release, "ok")).expect("update");
+        }
+        journals.update(|j| j.live = Some(release.clone())).expect("update");
+        let j = journals.load().expect("load");
+        assert_eq!(j.history.len(), HISTORY);
+        assert_eq!(j.live, Some(release));
+        assert!(Phase::Verify.switched() && !Phase::Health.switched());
+    }
+}

@@ -1,0 +1,161 @@
+//! Deployments: putting a new version of a long-running service in front of its
+//! users without failing a request, proving it, and taking it back safely.
+//! A deployment drives instances (containers or commands that outlive the
+//! run), plugins in their roles (health checks, traffic switches), the public
+//! URL (verify, probe) and the kernel's connection table (drain), and records
+//! every phase in the journal before acting on it.
+//!
+//! The rest of pipe sees a [`DeployRun`] (rendered by `run/`) and the entry
+//! points here; this module knows nothing of the scheduler.
+
+mod drain;
+mod error;
+mod http;
+mod instance;
+pub mod journal;
+mod probe;
+mod roles;
+mod switch;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use error::DeployError;
+pub use instance::{CommandInstance, DockerInstance, InstanceRun};
+pub use journal::{Journal, JournalStore};
+pub use probe::ProbeReport;
+pub use roles::RoleRun;
+pub use verify::VerifyRun;
+
+use crate::lang::model::Strategy;
+use crate::step::{Exit, StepLog, outputs};
+
+/// A deployment ready to run: every template rendered, every plugin prepared.
+#[derive(Debug)]
+pub struct DeployRun {
+    pub pipeline: String,
+    pub name: String,
+    pub strategy: Strategy,
+    pub version: String,
+    pub run_id: String,
+    pub git_sha: String,
+    /// Step outputs the deployment read: recorded with the release, to deploy it again later.
+    pub inputs: BTreeMap<String, String>,
+    pub slots: Vec<SlotRun>,
+    pub health: RoleRun,
+    pub traffic: RoleRun,
+    pub verify: Option<VerifyRun>,
+    pub drain: Duration,
+    pub keep_previous: Duration,
+    pub probe: Option<ProbeRun>,
+    pub journal: JournalStore,
+    /// Where `.pipe/` lives (for the deploy lock).
+    pub root: PathBuf,
+    /// How people see the logs of this run.
+    pub logs: String,
+    /// Where the step's outputs and its report go, when it runs as a step.
+    pub output_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SlotRun {
+    pub name: String,
+    pub port: u16,
+    pub instance: InstanceRun,
+}
+
+impl SlotRun {
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeRun {
+    pub url: String,
+    pub rate: u32,
+    pub max_failures: u64,
+}
+
+/// What a deployment did, kept in the step's record.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub strategy: String,
+    pub version: String,
+    /// `deployed`, `rolled-back`, `failed`, `interrupted`.
+    pub outcome: String,
+    pub slot: String,
+    pub from: Option<String>,
+    pub phases: Vec<PhaseReport>,
+    pub probe: Option<ProbeReport>,
+    /// Why it was rolled back or failed.
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub ms: u64,
+    pub note: String,
+}
+
+/// The `deploy` step: deploys the new version, rolling back on any failure.
+pub async fn run(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
+    let (result, report) = switch::deploy(d, log, cancel).await;
+    finish_step(d, log, result, report)
+}
+
+/// Deploys a release again (a rollback to a release no longer kept running).
+pub async fn redeploy(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
+    switch::deploy(d, log, cancel).await
+}
+
+/// `pipe deploy stop`: stops every instance of the deployment (the proxy is
+/// not told): the service is taken down, and the journal says so.
+pub async fn stop(d: &DeployRun, log: &StepLog) -> Result<(), DeployError> {
+    switch::stop_all(d, log).await
+}
+
+/// `pipe deploy resume`: finishes what a killed `pipe` left in progress.
+pub async fn resume(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
+    switch::resume(d, log, cancel).await
+}
+
+/// `pipe deploy rollback`: undoes what is in progress, or goes back to the
+/// kept previous release.
+pub async fn rollback(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
+    switch::rollback(d, log, cancel).await
+}
+
+fn finish_step(d: &DeployRun, log: &StepLog, result: Result<(), DeployError>, report: Report) -> Exit {
+    if let Some(probe) = &report.probe {
+        probe.lines().iter().for_each(|l| log.note(l));
+    }
+    if let Some(file) = &d.output_file {
+        let mut out = BTreeMap::new();
+        out.insert("version".to_string(), report.version.clone());
+        out.insert("slot".to_string(), report.slot.clone());
+        if let Some(from) = &report.from {
+            out.insert("previous-slot".to_string(), from.clone());
+        }
+        if let Some(slot) = d.slots.iter().find(|s| s.name == report.slot) {
+            out.insert("port".to_string(), slot.port.to_string());
+        }
+        let written = std::fs::write(file, outputs::render(&out)).and_then(|()| {
+            std::fs::write(outputs::details_path(file), serde_json::to_vec(&report).unwrap_or_default())
+        });
+        if let Err(e) = written {
+            return Exit::Error(format!("cannot record the deployment's outputs: {e}"));
+        }
+    }
+    match result {
+        Ok(()) => Exit::Code(0),
+        Err(DeployError::Cancelled) => Exit::Cancelled,
+        Err(e) => Exit::Failed(e.to_string()),
+    }
+}

@@ -1,0 +1,122 @@
+//! A deployment's plugins in their roles: a health check repeated on an
+//! instance's own address (never through the proxy), watching that the
+//! instance stays alive between checks; a traffic switch told which backends
+//! take traffic.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::DeployError;
+use super::instance::{InstanceRun, Status};
+use crate::plugin::contract::{Backend, Input, Reply};
+use crate::plugin::{Call, DEFAULT_MEMORY, Failure, Granted, Host, PluginRun, PluginState, Prepared};
+use crate::step::StepLog;
+
+/// The longest one plugin call in a role may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A plugin in a role, its settings and grants rendered.
+#[derive(Clone)]
+pub struct RoleRun {
+    pub plugin: Arc<Prepared>,
+    pub config: Vec<(String, String)>,
+    pub granted: Granted,
+    pub state: PluginState,
+    pub workdir: PathBuf,
+    pub attempts: u32,
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for RoleRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleRun").field("plugin", &self.plugin.label()).field("config", &self.config).finish()
+    }
+}
+
+impl RoleRun {
+    async fn call(
+        &self,
+        call: Call,
+        net: Option<&str>,
+        log: &StepLog,
+        cancel: &CancellationToken,
+    ) -> Result<Reply, String> {
+        let host = Host::global().map_err(|e| e.to_string())?;
+        let mut granted = self.granted.clone();
+        granted.net.extend(net.map(String::from));
+        let run = Arc::new(PluginRun {
+            plugin: self.plugin.clone(),
+            call,
+            input: Input { config: self.config.clone(), env: granted.env.clone(), workspace: None },
+            granted,
+            memory: DEFAULT_MEMORY,
+            state: Some(self.state.clone()),
+            workdir: self.workdir.clone(),
+            output_file: None,
+        });
+        let bounded = cancel.child_token();
+        let outcome = tokio::select! {
+            o = host.call(run, log, &bounded) => o,
+            () = tokio::time::sleep(CALL_TIMEOUT) => {
+                bounded.cancel();
+                return Err(format!("{} did not answer within {}s", self.plugin.label(), CALL_TIMEOUT.as_secs()));
+            }
+        };
+        outcome.result.map_err(|f| match f {
+            Failure::Failed(m) | Failure::Broke(m) => m,
+            Failure::Cancelled => "cancelled".into(),
+        })
+    }
+
+    /// Checks `address` until the plugin says it is healthy (at most
+    /// `attempts` checks, `interval` apart); fails at once if the instance dies.
+    pub async fn wait_healthy(
+        &self,
+        address: &str,
+        instance: &InstanceRun,
+        group: Option<i32>,
+        log: &StepLog,
+        cancel: &CancellationToken,
+    ) -> Result<String, DeployError> {
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            if cancel.is_cancelled() {
+                return Err(DeployError::Cancelled);
+            }
+            if let Status::Dead(how) = instance.status(group).await {
+                return Err(DeployError::Died { what: instance.describe(), how, last: instance.last_lines().await });
+            }
+            match self.call(Call::Check { address: address.to_string() }, Some(address), log, cancel).await {
+                Ok(Reply::Note(note)) => return Ok(format!("{note} (check {attempt})")),
+                Ok(_) => return Ok(format!("healthy (check {attempt})")),
+                Err(_) if cancel.is_cancelled() => return Err(DeployError::Cancelled),
+                Err(e) => last = e,
+            }
+            if attempt < self.attempts {
+                log.note(&format!("health {attempt}/{}: {last}", self.attempts));
+                tokio::select! {
+                    () = tokio::time::sleep(self.interval) => {}
+                    () = cancel.cancelled() => return Err(DeployError::Cancelled),
+                }
+            }
+        }
+        Err(DeployError::Unhealthy { address: address.to_string(), checks: self.attempts, last })
+    }
+
+    /// Routes the service's traffic to `backends`.
+    pub async fn route(
+        &self,
+        backends: &[Backend],
+        log: &StepLog,
+        cancel: &CancellationToken,
+    ) -> Result<String, DeployError> {
+        match self.call(Call::Route { backends: backends.to_vec() }, None, log, cancel).await {
+            Ok(Reply::Note(note)) => Ok(note),
+            Ok(_) => Ok(String::new()),
+            Err(e) => Err(DeployError::Switch(e)),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Verifying a switch through the public URL: the proxy serves the expected
+//! answer `times` times in a row, each on a new connection (a connection from
+//! before the switch could still reach an old nginx worker).
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::DeployError;
+use super::http::{Target, get_once};
+use super::instance::fmt;
+
+#[derive(Clone, Debug)]
+pub struct VerifyRun {
+    pub url: String,
+    pub status: u16,
+    /// Text the body must hold (the new version); not checked when going back.
+    pub body_contains: Option<String>,
+    pub times: u32,
+    pub timeout: Duration,
+}
+
+const PAUSE: Duration = Duration::from_millis(50);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl VerifyRun {
+    /// Waits for `times` good answers in a row; `body` says whether the body is checked.
+    pub async fn run(&self, body: bool, cancel: &CancellationToken) -> Result<String, DeployError> {
+        let target = Target::parse(&self.url).map_err(DeployError::Verify)?;
+        let started = Instant::now();
+        let (mut streak, mut tries) = (0, 0);
+        let mut last = String::from("no answer yet");
+        while streak < self.times {
+            if started.elapsed() > self.timeout {
+                return Err(DeployError::Verify(format!(
+                    "{} did not answer as expected {}× in a row within {} ({tries} tries; last: {last})",
+                    self.url,
+                    self.times,
+                    fmt(self.timeout)
+                )));
+            }
+            tries += 1;
+            match get_once(&target, REQUEST_TIMEOUT).await {
+                Ok(a) if a.status != self.status => last = format!("status {} (expected {})", a.status, self.status),
+                Ok(a) => match self.body_contains.as_deref().filter(|_| body) {
+                    Some(want) if !String::from_utf8_lossy(&a.body).contains(want) => {
+                        last = format!("the body does not contain `{want}`");
+                    }
+                    _ => {
+                        streak += 1;
+                        continue;
+                    }
+                },
+                Err(e) => last = e,
+            }
+            streak = 0;
+            tokio::select! {
+                () = tokio::time::sleep(PAUSE) => {}
+                () = cancel.cancelled() => return Err(DeployError::Cancelled),
+            }
+        }
+        Ok(format!(
+            "{} answered as expected {}× in a row ({tries} tries, {})",
+            self.url,
+            self.times,
+            fmt(started.elapsed())
+        ))
+    }
+}

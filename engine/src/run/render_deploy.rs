@@ -1,0 +1,229 @@
+//! A `deploy` step rendered into a [`DeployRun`]: the instance once per slot
+//! (`${slot.*}` filled in), the roles' plugins with their settings and grants,
+//! and the step outputs the deployment read, recorded with the release.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::RenderError;
+use super::context::{RunContext, View};
+use super::executor::Invocation;
+use crate::deploy::{
+    CommandInstance, DeployRun, DockerInstance, InstanceRun, JournalStore, ProbeRun, RoleRun, SlotRun, VerifyRun,
+};
+use crate::docker::docker_name;
+use crate::lang::interp::{RefKind, SlotField, Template};
+use crate::lang::model::{Deploy, Instance, Role, Slot};
+use crate::plan::PlannedStep;
+use crate::plugin::PluginState;
+use crate::state::{StateStore, file_safe};
+
+/// The key a deployment's role plugin is prepared under.
+pub fn role_key(step: &str, role: &str) -> String {
+    format!("{step}#{role}")
+}
+
+impl RunContext {
+    pub(super) fn render_deploy(
+        &self,
+        step: &PlannedStep,
+        d: &Deploy,
+        view: &View,
+        env: &BTreeMap<String, String>,
+        output_file: &Path,
+    ) -> Result<super::context::Rendered, RenderError> {
+        let plain = |t: &Template| t.render(|r| self.resolve(r, step, view, env));
+        let version = match (&d.version, &d.instance) {
+            (Some(v), _) => plain(v)?,
+            (None, Instance::Docker { image, .. }) => plain(image)?,
+            (None, Instance::Command { .. }) => self.git.sha.clone(),
+        };
+        let in_slot = |t: &Template, slot: &Slot| {
+            t.render(|r| match &r.kind {
+                RefKind::Slot(SlotField::Name) => Ok(slot.name.clone()),
+                RefKind::Slot(SlotField::Port) => Ok(slot.port.to_string()),
+                RefKind::Slot(SlotField::Address) => Ok(format!("127.0.0.1:{}", slot.port)),
+                RefKind::DeployVersion => Ok(version.clone()),
+                _ => self.resolve(r, step, view, env),
+            })
+        };
+        let own = |t: &Template| {
+            t.render(|r| match &r.kind {
+                RefKind::DeployVersion => Ok(version.clone()),
+                _ => self.resolve(r, step, view, env),
+            })
+        };
+        let slots = d
+            .slots
+            .iter()
+            .map(|slot| {
+                Ok(SlotRun {
+                    name: slot.name.clone(),
+                    port: slot.port,
+                    instance: self.instance(d, slot, &version, &|t| in_slot(t, slot))?,
+                })
+            })
+            .collect::<Result<Vec<_>, RenderError>>()?;
+        let run = DeployRun {
+            pipeline: self.pipeline.clone(),
+            name: d.name.clone(),
+            strategy: d.strategy,
+            version: version.clone(),
+            run_id: self.run_id.clone(),
+            git_sha: self.git.sha.clone(),
+            inputs: self.inputs(step, view),
+            slots,
+            health: self.role(step, &d.health, "health", &own, env)?,
+            traffic: self.role(step, &d.traffic, "traffic", &own, env)?,
+            verify: d
+                .verify
+                .as_ref()
+                .map(|v| {
+                    Ok::<_, RenderError>(VerifyRun {
+                        url: own(&v.url)?,
+                        status: v.status,
+                        body_contains: v.body_contains.as_ref().map(&own).transpose()?,
+                        times: v.times,
+                        timeout: v.timeout,
+                    })
+                })
+                .transpose()?,
+            drain: d.drain,
+            keep_previous: d.keep_previous,
+            probe: d
+                .probe
+                .as_ref()
+                .map(|p| {
+                    Ok::<_, RenderError>(ProbeRun { url: own(&p.url)?, rate: p.rate, max_failures: p.max_failures })
+                })
+                .transpose()?,
+            journal: JournalStore::new(StateStore::open(&self.root, &self.pipeline), &d.name),
+            root: self.root.clone(),
+            logs: format!("pipe logs {}", self.run_id),
+            output_file: Some(output_file.to_path_buf()),
+        };
+        let display = self.masker.mask(&format!(
+            "deploy {} {} ({}, slots {})",
+            d.name,
+            version,
+            d.strategy.name(),
+            d.slots.iter().map(|s| format!("{}:{}", s.name, s.port)).collect::<Vec<_>>().join(", ")
+        ));
+        Ok(super::context::Rendered { invocation: Invocation::Deploy(Box::new(run)), display })
+    }
+
+    fn instance(
+        &self,
+        d: &Deploy,
+        slot: &Slot,
+        version: &str,
+        render: &dyn Fn(&Template) -> Result<String, RenderError>,
+    ) -> Result<InstanceRun, RenderError> {
+        let env = |e: &crate::lang::model::Env| -> Result<Vec<(String, String)>, RenderError> {
+            let mut vars: Vec<(String, String)> =
+                e.0.iter().map(|v| Ok((v.name.clone(), render(&v.value)?))).collect::<Result<_, RenderError>>()?;
+            vars.push(("PORT".into(), slot.port.to_string()));
+            vars.push(("SLOT".into(), slot.name.clone()));
+            vars.push(("VERSION".into(), version.to_string()));
+            Ok(vars)
+        };
+        Ok(match &d.instance {
+            Instance::Docker { image, pull, port, env: e, cmd, network, memory } => {
+                let mut vars = env(e)?;
+                // Inside the container the app listens on its own port.
+                if let Some(p) = vars.iter_mut().find(|(k, _)| k == "PORT") {
+                    p.1 = port.to_string();
+                }
+                let labels = [
+                    ("pipe.deploy", format!("{}/{}", self.pipeline, d.name)),
+                    ("pipe.pipeline", self.pipeline.clone()),
+                    ("pipe.slot", slot.name.clone()),
+                    ("pipe.version", version.to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                InstanceRun::Docker(DockerInstance {
+                    name: docker_name(&format!("{}-{}-{}", self.pipeline, d.name, slot.name)),
+                    image: render(image)?,
+                    pull: *pull,
+                    port: *port,
+                    host_port: slot.port,
+                    env: vars,
+                    cmd: cmd.as_ref().map(render).transpose()?,
+                    network: network.clone(),
+                    memory: *memory,
+                    labels,
+                })
+            }
+            Instance::Command { start, stop, status, env: e } => InstanceRun::Command(CommandInstance {
+                start: render(start)?,
+                stop: stop.as_ref().map(render).transpose()?,
+                status: status.as_ref().map(render).transpose()?,
+                env: env(e)?,
+                workdir: self.dir.clone(),
+                log_file: self
+                    .root
+                    .join(".pipe/deploy")
+                    .join(file_safe(&self.pipeline))
+                    .join(file_safe(&d.name))
+                    .join(format!("{}.log", file_safe(&slot.name))),
+            }),
+        })
+    }
+
+    fn role(
+        &self,
+        step: &PlannedStep,
+        role: &Role,
+        which: &str,
+        render: &dyn Fn(&Template) -> Result<String, RenderError>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<RoleRun, RenderError> {
+        let refused = |reason: String| RenderError { reference: role.uses.value.clone(), reason };
+        let plugin = self
+            .plugins
+            .get(&role_key(&step.id, which))
+            .cloned()
+            .ok_or_else(|| refused(format!("the {which} plugin was not prepared")))?;
+        let mut config: Vec<(String, String)> =
+            role.config.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect::<Result<_, RenderError>>()?;
+        let granted = self.render_grants(&role.grants, render, env)?;
+        let granted = granted.with_settings(&mut config, &plugin.info.fields, &self.dir).map_err(refused)?;
+        granted.check(&self.protected).map_err(refused)?;
+        Ok(RoleRun {
+            state: PluginState {
+                store: StateStore::open(&self.root, &self.pipeline),
+                namespace: role.uses.value.clone(),
+                shared: granted.state.clone(),
+            },
+            plugin,
+            config,
+            granted,
+            workdir: self.dir.clone(),
+            attempts: role.attempts,
+            interval: role.interval,
+        })
+    }
+}
+
+impl RunContext {
+    /// The step outputs a deployment read, by reference: recorded with the
+    /// release so that it can be deployed again later (a rollback by
+    /// redeploy). A value holding a secret is not recorded: state is in clear.
+    fn inputs(&self, step: &PlannedStep, view: &View) -> BTreeMap<String, String> {
+        let mut found = BTreeMap::new();
+        let mut step = step.clone();
+        for (t, _) in crate::plan::templates_mut(&mut step) {
+            for r in t.refs() {
+                if let RefKind::StepOutput { stage, step: name, key } = &r.kind
+                    && let Some(v) = view.output(&format!("{stage}.{name}"), key)
+                    && !self.masker.reveals(v)
+                {
+                    found.insert(format!("{stage}.{name}.{key}"), v.clone());
+                }
+            }
+        }
+        found
+    }
+}

@@ -1,0 +1,51 @@
+//! A deploy step rendered outside a run, for `pipe deploy resume` and
+//! `rollback`: the run's context, with the git sha and the step outputs that
+//! the release being finished (or deployed again) recorded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::context::{RunContext, View};
+use super::executor::Invocation;
+use super::{RenderError, RunError};
+use crate::deploy::DeployRun;
+use crate::deploy::journal::Release;
+use crate::plan::Plan;
+use crate::state::StepRecord;
+
+pub async fn deploy_alone(
+    plan: &Plan,
+    root: &Path,
+    step_id: &str,
+    release: Option<&Release>,
+) -> Result<DeployRun, RunError> {
+    let run_id = format!("deploy-{}", super::new_run_id(std::time::SystemTime::now(), std::process::id()));
+    let mut ctx = RunContext::prepare(plan, root, run_id).await?;
+    if let Some(r) = release {
+        ctx.git.sha = r.git_sha.clone();
+    }
+    let n = plan
+        .find(step_id)
+        .ok_or_else(|| RenderError { reference: step_id.to_string(), reason: "no such step".into() })?;
+    // The outputs of earlier steps, as the release recorded them (`stage.step.key`).
+    let ids: HashMap<String, usize> =
+        plan.graph.node_indices().map(|i| (plan.graph[i].id.clone(), i.index())).collect();
+    let records: Vec<StepRecord> = plan.graph.node_weights().map(|s| StepRecord::pending(&s.id)).collect();
+    let mut outputs: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); plan.len()];
+    for (reference, value) in release.map(|r| &r.inputs).into_iter().flatten() {
+        if let Some((step, key)) = reference.rsplit_once('.')
+            && let Some(&i) = ids.get(step)
+        {
+            outputs[i].insert(key.to_string(), value.clone());
+        }
+    }
+    let view = View { ids: &ids, records: &records, outputs: &outputs };
+    let rendered = ctx.render(&plan.graph[n], &view, &ctx.run_dir.join("unused-outputs"))?;
+    match rendered.invocation {
+        Invocation::Deploy(mut run) => {
+            run.output_file = None;
+            Ok(*run)
+        }
+        _ => Err(RenderError { reference: step_id.to_string(), reason: "is not a deploy step".into() }.into()),
+    }
+}

@@ -1,0 +1,189 @@
+//! What deployment tests deploy and put load on: the example `shop` service
+//! (pipelines/shop/app.c) built once per test process, as a binary and as an
+//! image; HAProxy with its own config; and the independent load generators
+//! (`hey`, whose Go client retries a GET on a reused connection as browsers do,
+//! and `wrk`, which never retries: the strict count).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::servers::{free_port, stop_group, which};
+
+/// The shop binary, statically linked (it also runs alone in a `FROM scratch` image).
+pub fn shop_app() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shop-app-{}", std::process::id()));
+            let status = Command::new("cc")
+                .args(["-O2", "-static", "-pthread", "-o"])
+                .arg(&out)
+                .arg(root.join("pipelines/shop/app.c"))
+                .status()
+                .expect("cc: `bash .ci/setup` installs gcc");
+            assert!(status.success(), "building pipelines/shop/app.c failed");
+            out
+        })
+        .clone()
+}
+
+/// A `FROM scratch` image holding only the shop binary, removed when dropped.
+pub fn shop_image() -> super::docker::Image {
+    let ctx = tempfile::tempdir().expect("context");
+    std::fs::copy(shop_app(), ctx.path().join("app")).expect("copy app");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY app /app\nLABEL pipe.test=1\nENTRYPOINT [\"/app\"]\n",
+    )
+    .expect("Dockerfile");
+    super::docker::Image::build(ctx.path(), "pipe-test-shop")
+}
+
+/// HAProxy with its own config: a frontend on a loopback port, backend `app`
+/// with one server per slot address (in maintenance until routed), and the
+/// runtime API on another loopback port. Stopped when dropped.
+pub struct Haproxy {
+    pub port: u16,
+    pub admin: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(servers: &[(&str, u16)]) -> Haproxy {
+        let haproxy = which("haproxy").expect("haproxy is not installed: `bash .ci/setup` installs it");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, admin) = (free_port(), free_port());
+        let mut cfg = format!(
+            "global\n    stats socket ipv4@127.0.0.1:{admin} level admin\n\
+             defaults\n    mode http\n    option http-keep-alive\n    retries 3\n    option redispatch\n    \
+             timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    \
+             timeout http-request 10s\n    timeout http-keep-alive 10s\n\
+             frontend public\n    bind 127.0.0.1:{port}\n    default_backend app\n\
+             backend app\n    option httpchk GET /health\n"
+        );
+        for (name, port) in servers {
+            cfg.push_str(&format!("    server {name} 127.0.0.1:{port} check inter 500ms disabled\n"));
+        }
+        std::fs::write(dir.path().join("haproxy.cfg"), cfg).expect("cfg");
+        let child = Command::new(haproxy)
+            .arg("-f")
+            .arg(dir.path().join("haproxy.cfg"))
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start haproxy");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "haproxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Haproxy { port, admin, child, _dir: dir }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        // SIGUSR1: a soft stop, as HAProxy expects.
+        stop_group(&mut self.child, nix::sys::signal::Signal::SIGUSR1);
+    }
+}
+
+/// What a load generator saw.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub requests: u64,
+    pub non_2xx: u64,
+    pub errors: u64,
+    pub raw: String,
+}
+
+impl Load {
+    pub fn failures(&self) -> u64 {
+        self.non_2xx + self.errors
+    }
+}
+
+/// A load generator running in the background, bounded in time (and, through
+/// its rate, in count).
+pub struct LoadRun {
+    child: Child,
+    tool: &'static str,
+}
+
+impl LoadRun {
+    /// `hey`: `rate` requests a second over 8 keep-alive connections for `secs`.
+    pub fn hey(url: &str, rate: u32, secs: u32) -> LoadRun {
+        let hey = which("hey").expect("hey is not installed: `bash .ci/setup` installs it");
+        let child = Command::new(hey)
+            .args(["-z", &format!("{secs}s"), "-c", "8", "-q", &(rate / 8).max(1).to_string(), "-t", "10", url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hey");
+        LoadRun { child, tool: "hey" }
+    }
+
+    /// `wrk`: 8 connections, each pausing `pause_ms` between requests (a Lua
+    /// `delay`), for `secs`. wrk never retries: every reset is counted.
+    pub fn wrk(url: &str, pause_ms: u32, secs: u32) -> LoadRun {
+        let wrk = which("wrk").expect("wrk is not installed: `bash .ci/setup` installs it");
+        let script = std::env::temp_dir().join(format!("pipe-wrk-{}-{pause_ms}.lua", std::process::id()));
+        std::fs::write(&script, format!("function delay() return {pause_ms} end\n")).expect("lua");
+        let child = Command::new(wrk)
+            .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s"), "--latency", "-s"])
+            .arg(&script)
+            .arg(url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wrk");
+        LoadRun { child, tool: "wrk" }
+    }
+
+    pub fn finish(self) -> Load {
+        let out = self.child.wait_with_output().expect("load generator");
+        let raw = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let mut load = Load { raw: raw.clone(), ..Load::default() };
+        if self.tool == "hey" {
+            // "  [200]\t1234 responses" and, under "Error distribution:", "  [3]\tGet …".
+            let mut in_errors = false;
+            for line in raw.lines() {
+                in_errors |= line.starts_with("Error distribution");
+                let Some(rest) = line.trim().strip_prefix('[') else { continue };
+                let Some((code, tail)) = rest.split_once(']') else { continue };
+                let count: u64 = tail.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                if in_errors {
+                    load.errors += code.parse::<u64>().unwrap_or(0);
+                } else if let Ok(status) = code.parse::<u16>() {
+                    load.requests += count;
+                    if !(200..300).contains(&status) {
+                        load.non_2xx += count;
+                    }
+                }
+            }
+            load.requests += load.errors;
+        } else {
+            for line in raw.lines().map(str::trim) {
+                if let Some(n) = line.split(" requests in ").next().and_then(|n| n.parse::<u64>().ok()) {
+                    load.requests = n;
+                }
+                if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+                    load.non_2xx = n.trim().parse().unwrap_or(0);
+                }
+                if let Some(rest) = line.strip_prefix("Socket errors:") {
+                    load.errors =
+                        rest.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum();
+                }
+            }
+        }
+        assert!(load.requests > 0, "the load generator sent nothing:\n{raw}");
+        load
+    }
+}
