@@ -52,14 +52,16 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 
         Err(code) => return code,
     };
     let Ok(plan) = &loaded.plan else { return exit::INVALID };
-    let deploys: Vec<(String, String)> = plan
-        .graph
-        .node_weights()
-        .filter_map(|s| match &s.action {
-            Action::Deploy(d) => Some((s.id.clone(), d.name.clone())),
-            _ => None,
-        })
-        .collect();
+    // One entry per deployment (a deployment written in several stages is one
+    // journal), with the first step that writes it.
+    let mut deploys: Vec<(String, String)> = Vec::new();
+    for s in plan.graph.node_weights() {
+        if let Action::Deploy(d) = &s.action
+            && !deploys.iter().any(|(_, n)| *n == d.name)
+        {
+            deploys.push((s.id.clone(), d.name.clone()));
+        }
+    }
     let store = StateStore::open(root, &plan.pipeline);
     match command {
         DeployCommand::Status { format, .. } => status(&plan.pipeline, &deploys, &store, format),
@@ -256,6 +258,12 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
         },
         (None, false) => journal.live.clone(),
     };
+    // The step that put the release out, when the plan still has it.
+    let step = release
+        .as_ref()
+        .map(|r| r.step.as_str())
+        .filter(|s| plan.find(s).is_some_and(|n| matches!(plan.graph[n].action, Action::Deploy(_))))
+        .unwrap_or(step);
     let runtime = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -39,6 +39,10 @@ pub struct Release {
     pub version: String,
     pub git_sha: String,
     pub run_id: String,
+    /// The deploy step that put it out (a deployment may be written in
+    /// several stages): what `resume` and `rollback` render again.
+    #[serde(default)]
+    pub step: String,
     /// Unix seconds: since when it is (or was) live.
     pub since: u64,
     /// The step outputs the deployment read, to redeploy this release later.
@@ -201,6 +205,7 @@ mod tests {
             version: "1".into(),
             git_sha: "abc".into(),
             run_id: "r".into(),
+            step: "release.web".into(),
             since: now(),
             inputs: BTreeMap::new(),
         };

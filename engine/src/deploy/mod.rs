@@ -40,6 +40,8 @@ use crate::step::{Exit, StepLog, outputs};
 pub struct DeployRun {
     pub pipeline: String,
     pub name: String,
+    /// The deploy step's id.
+    pub step: String,
     pub strategy: Strategy,
     pub version: String,
     pub run_id: String,
@@ -95,6 +97,9 @@ pub struct Report {
     pub probe: Option<ProbeReport>,
     /// Why it was rolled back or failed.
     pub reason: Option<String>,
+    /// From the healthy new slot handed to the switch to its first answer
+    /// through the public URL, in milliseconds.
+    pub switch_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

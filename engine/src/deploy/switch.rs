@@ -33,6 +33,8 @@ struct Switcher<'a> {
     phase_started: Instant,
     /// Phases of an automatic rollback are reported (and probed) apart.
     rolling_back: bool,
+    /// When the new slot, healthy, was handed to the traffic switch.
+    switch_started: Option<Instant>,
 }
 
 pub async fn deploy(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
@@ -55,6 +57,7 @@ pub async fn deploy(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) ->
             version: d.version.clone(),
             git_sha: d.git_sha.clone(),
             run_id: d.run_id.clone(),
+            step: d.step.clone(),
             since: now(),
             inputs: d.inputs.clone(),
         };
@@ -216,7 +219,7 @@ impl<'a> Switcher<'a> {
             outcome: "failed".into(),
             ..Report::default()
         };
-        Switcher { d, log, cancel, probe: None, report, phase_started: Instant::now(), rolling_back: false }
+        Switcher { d, log, cancel, probe: None, report, phase_started: Instant::now(), rolling_back: false, switch_started: None }
     }
 
     async fn journal<T: Send + 'static>(
@@ -369,6 +372,7 @@ impl<'a> Switcher<'a> {
         }
         if p.phase <= Phase::Switch {
             self.enter(Phase::Switch, format!("sending traffic to slot {}", to.name)).await?;
+            self.switch_started = Some(Instant::now());
             let mut backends = vec![Backend { address: to.address(), weight: 1 }];
             backends.extend(from.map(|f| Backend { address: f.address(), weight: 0 }));
             let note = self.d.traffic.route(&backends, self.log, self.cancel).await?;
@@ -379,7 +383,10 @@ impl<'a> Switcher<'a> {
         {
             self.enter(Phase::Verify, format!("through {}", v.url)).await?;
             // Going back, the old version's body is whatever it is.
-            let note = v.run(p.action == Action::Deploy, self.cancel).await?;
+            let (note, first_good) = v.run(p.action == Action::Deploy, self.cancel).await?;
+            if let Some(at) = self.switch_started {
+                self.report.switch_ms = Some(first_good.saturating_duration_since(at).as_secs_f64() * 1000.0);
+            }
             self.note(note);
         }
         if p.phase <= Phase::Drain

@@ -20,15 +20,17 @@ pub struct VerifyRun {
     pub timeout: Duration,
 }
 
-const PAUSE: Duration = Duration::from_millis(50);
+const PAUSE: Duration = Duration::from_millis(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VerifyRun {
-    /// Waits for `times` good answers in a row; `body` says whether the body is checked.
-    pub async fn run(&self, body: bool, cancel: &CancellationToken) -> Result<String, DeployError> {
+    /// Waits for `times` good answers in a row; `body` says whether the body
+    /// is checked. Returns a note and when the first good answer came.
+    pub async fn run(&self, body: bool, cancel: &CancellationToken) -> Result<(String, Instant), DeployError> {
         let target = Target::parse(&self.url).map_err(DeployError::Verify)?;
         let started = Instant::now();
         let (mut streak, mut tries) = (0, 0);
+        let mut first_good = None;
         let mut last = String::from("no answer yet");
         while streak < self.times {
             if started.elapsed() > self.timeout {
@@ -47,6 +49,7 @@ impl VerifyRun {
                         last = format!("the body does not contain `{want}`");
                     }
                     _ => {
+                        first_good.get_or_insert_with(Instant::now);
                         streak += 1;
                         continue;
                     }
@@ -54,16 +57,14 @@ impl VerifyRun {
                 Err(e) => last = e,
             }
             streak = 0;
+            first_good = None;
             tokio::select! {
                 () = tokio::time::sleep(PAUSE) => {}
                 () = cancel.cancelled() => return Err(DeployError::Cancelled),
             }
         }
-        Ok(format!(
-            "{} answered as expected {}× in a row ({tries} tries, {})",
-            self.url,
-            self.times,
-            fmt(started.elapsed())
-        ))
+        let note =
+            format!("{} answered as expected {}× in a row ({tries} tries, {})", self.url, self.times, fmt(started.elapsed()));
+        Ok((note, first_good.unwrap_or_else(Instant::now)))
     }
 }

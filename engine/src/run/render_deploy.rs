@@ -67,6 +67,7 @@ impl RunContext {
         let run = DeployRun {
             pipeline: self.pipeline.clone(),
             name: d.name.clone(),
+            step: step.id.clone(),
             strategy: d.strategy,
             version: version.clone(),
             run_id: self.run_id.clone(),
