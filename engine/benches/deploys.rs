@@ -35,8 +35,16 @@ fn main() {
     let (haproxy_switch, haproxy_deploy) = measure("haproxy", haproxy.port, blue, green, &traffic);
 
     println!("blue-green, command instances, medians of {RUNS} deploys");
-    println!("  switch time, healthy -> served:  nginx {:>6.1} ms (target < 300)   HAProxy {:>6.1} ms (target < 50)", ms(nginx_switch), ms(haproxy_switch));
-    println!("  whole deploy, start -> live:     nginx {:>6.1} ms                  HAProxy {:>6.1} ms", ms(nginx_deploy), ms(haproxy_deploy));
+    println!(
+        "  switch time, healthy -> served:  nginx {:>6.1} ms (target < 300)   HAProxy {:>6.1} ms (target < 50)",
+        ms(nginx_switch),
+        ms(haproxy_switch)
+    );
+    println!(
+        "  whole deploy, start -> live:     nginx {:>6.1} ms                  HAProxy {:>6.1} ms",
+        ms(nginx_deploy),
+        ms(haproxy_deploy)
+    );
 }
 
 /// Deploys RUNS + 1 versions (the first only fills a slot); returns the

@@ -6,6 +6,7 @@
 //! [`event`] (the run's event stream), [`docker`] (the Engine API) and
 //! [`plugin`] (the wasmtime host).
 
+pub mod approval;
 pub mod cli;
 pub mod deploy;
 pub mod docker;

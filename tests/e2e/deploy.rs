@@ -5,38 +5,10 @@
 
 use std::process::Stdio;
 
-use crate::support::deploy::{Haproxy, LoadRun, shop_app, shop_image};
+use crate::support::deploy::{Haproxy, LoadRun, Repo, shop_app, shop_image};
 use crate::support::docker::containers_with;
 use crate::support::servers::{Nginx, free_port, get};
 use crate::support::{Output, Test, wait_until};
-
-/// A repository with a blue-green pipeline (named uniquely: instances are
-/// named after it), its `deploy "web"` built from the given instance, traffic
-/// and extra lines. Dropping it stops the deployment's instances, whatever
-/// happened to the test.
-struct Repo {
-    test: Test,
-    name: String,
-}
-
-impl std::ops::Deref for Repo {
-    type Target = Test;
-    fn deref(&self) -> &Test {
-        &self.test
-    }
-}
-
-impl Drop for Repo {
-    fn drop(&mut self) {
-        let _ = self.test.pipe(&["deploy", "stop"], &[("V", "-"), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", "-")]);
-        let rt = crate::support::docker::runtime();
-        let docker = crate::support::docker::docker(&rt);
-        for id in containers_with("pipe.deploy", &format!("{}/web", self.name)) {
-            let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
-            let _ = rt.block_on(docker.remove_container(&id, Some(options)));
-        }
-    }
-}
 
 fn repo(instance: &str, traffic: &str, blue: u16, green: u16, extra: &str) -> Repo {
     let name = format!("bg{blue}");
@@ -57,7 +29,7 @@ pipeline "{name}" {{
 }}
 "#
     ));
-    Repo { test, name }
+    Repo::new(test, name, "web")
 }
 
 fn command_instance() -> String {
@@ -147,7 +119,7 @@ fn haproxy_switches_containers_with_no_failed_request_strictly_and_rolls_back_in
     let test = repo(&instance, &traffic, blue, green, &extra);
     let first = pipe(&test, &["run"], "v1");
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
-    let pipeline_containers = || containers_with("pipe.deploy", &format!("{}/web", test.name));
+    let pipeline_containers = || containers_with("pipe.deploy", &test.label());
     assert_eq!(pipeline_containers().len(), 1);
 
     let load = LoadRun::wrk(&format!("http://127.0.0.1:{}/", haproxy.port), 10, 8);
@@ -290,7 +262,7 @@ fn an_instance_that_dies_at_start_is_reported_with_its_last_lines() {
     let why = out.step("release.web")["reason"].as_str().unwrap_or("").to_string();
     assert!(why.contains("died: exited"), "{why}");
     assert!(why.contains("crashing at start, as CRASH=1 asks"), "its last lines: {why}");
-    assert!(containers_with("pipe.deploy", &format!("{}/web", test.name)).is_empty(), "the dead instance was removed");
+    assert!(containers_with("pipe.deploy", &test.label()).is_empty(), "the dead instance was removed");
 }
 
 #[test]

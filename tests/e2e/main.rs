@@ -9,6 +9,7 @@ mod deploy;
 mod discovery;
 mod examples;
 mod plugins;
+mod progressive;
 mod records;
 mod sandbox;
 mod scheduling;

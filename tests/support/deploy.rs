@@ -10,7 +10,54 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::Test;
+use super::docker::containers_with;
 use super::servers::{free_port, stop_group, which};
+
+/// A repository holding a deployment (its pipeline named uniquely: instances
+/// are named after it). Dropping it stops the deployment's instances,
+/// whatever happened to the test.
+pub struct Repo {
+    pub test: Test,
+    pub name: String,
+    pub deploy: String,
+}
+
+impl Repo {
+    pub fn new(test: Test, name: String, deploy: &str) -> Repo {
+        Repo { test, name, deploy: deploy.to_string() }
+    }
+
+    /// The `pipe.deploy` label of its containers.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.name, self.deploy)
+    }
+
+    /// Where its journal lives.
+    pub fn state_file(&self) -> PathBuf {
+        self.test.path().join(".pipe/state").join(format!("{}.json", self.name))
+    }
+}
+
+impl std::ops::Deref for Repo {
+    type Target = Test;
+    fn deref(&self) -> &Test {
+        &self.test
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let vars = [("V", "-"), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", "-"), ("ERRORS", "0")];
+        let _ = self.test.pipe(&["deploy", "stop"], &vars);
+        let rt = super::docker::runtime();
+        let docker = super::docker::docker(&rt);
+        for id in containers_with("pipe.deploy", &self.label()) {
+            let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = rt.block_on(docker.remove_container(&id, Some(options)));
+        }
+    }
+}
 
 /// The shop binary, statically linked (it also runs alone in a `FROM scratch` image).
 pub fn shop_app() -> PathBuf {
@@ -62,7 +109,8 @@ impl Haproxy {
             "global\n    stats socket ipv4@127.0.0.1:{admin} level admin\n\
              defaults\n    mode http\n    option http-keep-alive\n    retries 3\n    option redispatch\n    \
              timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    \
-             timeout http-request 10s\n    timeout http-keep-alive 10s\n\
+             timeout http-request 10s\n    timeout http-keep-alive 10s\n    \
+             retry-on all-retryable-errors\n\
              frontend public\n    bind 127.0.0.1:{port}\n    default_backend app\n\
              backend app\n    option httpchk GET /health\n"
         );
@@ -186,4 +234,61 @@ impl LoadRun {
         assert!(load.requests > 0, "the load generator sent nothing:\n{raw}");
         load
     }
+}
+
+/// A load generator that records every request: when it was sent and what
+/// came back (0: no answer). hey and wrk give totals; a canary test needs to
+/// know *when* requests failed. Each request is on a new connection, as a
+/// client that never retries. Bounded: it stops when told, or after `max_secs`.
+pub struct Timeline {
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, u16)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Timeline {
+    pub fn start(port: u16, rate: u32, max_secs: u64) -> Timeline {
+        use std::sync::atomic::Ordering;
+        let started = Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = 4u32;
+        let every = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
+        let threads = (0..workers)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut next = Instant::now();
+                    while started.elapsed() < Duration::from_secs(max_secs) && !stop.load(Ordering::Relaxed) {
+                        let at = Instant::now();
+                        seen.push((at, status(port)));
+                        next += every;
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Timeline { threads, stop }
+    }
+
+    /// Stops; every request, in order of sending.
+    pub fn finish(self) -> Vec<(Instant, u16)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all: Vec<(Instant, u16)> =
+            self.threads.into_iter().flat_map(|t| t.join().expect("load thread")).collect();
+        all.sort_by_key(|(at, _)| *at);
+        all
+    }
+}
+
+fn status(port: u16) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    if conn.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response);
+    std::str::from_utf8(response.get(9..12).unwrap_or_default()).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
 }

@@ -119,7 +119,8 @@ pub fn free_port() -> u16 {
 }
 
 /// nginx with its own prefix and config, proxying a loopback port to the
-/// upstream `app` defined in `<prefix>/app.inc`. Stopped when dropped.
+/// upstream `app` defined in `<prefix>/app.inc`, logging each request in the
+/// format `nginx-log` reads (`<prefix>/logs/access.log`). Stopped when dropped.
 pub struct Nginx {
     pub prefix: PathBuf,
     pub port: u16,
@@ -137,7 +138,8 @@ impl Nginx {
         let conf = format!(
             "daemon off;\nworker_processes 1;\nerror_log {p}/logs/error.log;\npid {p}/nginx.pid;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {p}/tmp;\n  proxy_temp_path {p}/tmp;\n  \
+             http {{\n  log_format pipe '$msec $upstream_addr $status $request_time';\n  \
+             access_log {p}/logs/access.log pipe;\n  client_body_temp_path {p}/tmp;\n  proxy_temp_path {p}/tmp;\n  \
              fastcgi_temp_path {p}/tmp;\n  uwsgi_temp_path {p}/tmp;\n  scgi_temp_path {p}/tmp;\n  \
              include {p}/app.inc;\n  server {{\n    listen 127.0.0.1:{port};\n    \
              location / {{ proxy_pass http://app; proxy_next_upstream error timeout http_502 http_503; }}\n  }}\n}}\n",

@@ -33,7 +33,24 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
         Command::Gc => gc(),
+        Command::Approve(gate) => decide(root, gate, true, None),
+        Command::Abort { gate, reason } => decide(root, gate, false, reason),
         Command::Deploy(command) => super::deploy_cmd::dispatch(root, file, command),
+    }
+}
+
+/// `pipe approve` / `pipe abort`: the decision, for the waiting run to read.
+fn decide(root: &std::path::Path, gate: super::GateArgs, approved: bool, reason: Option<String>) -> u8 {
+    match crate::approval::decide(root, gate.run.as_deref(), gate.step.as_deref(), approved, reason) {
+        Ok(w) => {
+            let what = if approved { "approved" } else { "aborted" };
+            println!("{what}: {} of run {} ({})", w.step, w.run, w.message);
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILED
+        }
     }
 }
 

@@ -36,6 +36,16 @@ pub enum DeployCommand {
     History { pipeline: Option<String>, deploy: Option<String> },
     /// Stop every instance of a deployment (the proxy is not told): take the service down.
     Stop { pipeline: Option<String>, deploy: Option<String> },
+    /// Let a canary waiting for a person go on to its next step.
+    Promote { pipeline: Option<String>, deploy: Option<String> },
+    /// Fail a canary waiting for a person: it is rolled back.
+    Abort {
+        pipeline: Option<String>,
+        deploy: Option<String>,
+        /// Why, for the log and the notifications.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 {
@@ -46,6 +56,8 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 
         DeployCommand::Rollback { pipeline, deploy } => (pipeline, deploy, "rollback"),
         DeployCommand::History { pipeline, deploy } => (pipeline, deploy, "history"),
         DeployCommand::Stop { pipeline, deploy } => (pipeline, deploy, "stop"),
+        DeployCommand::Promote { pipeline, deploy } => (pipeline, deploy, "promote"),
+        DeployCommand::Abort { pipeline, deploy, .. } => (pipeline, deploy, "abort"),
     };
     let loaded = match with_deploys(&project, pipeline.as_deref()) {
         Ok(l) => l,
@@ -69,6 +81,16 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 
             Ok((_, name)) => history(name, &store),
             Err(code) => code,
         },
+        DeployCommand::Promote { .. } | DeployCommand::Abort { .. } => {
+            let reason = match &command {
+                DeployCommand::Abort { reason, .. } => reason.clone(),
+                _ => None,
+            };
+            match pick(&deploys, deploy_name.as_deref()) {
+                Ok((_, name)) => decide(root, name, &store, action == "promote", reason),
+                Err(code) => code,
+            }
+        }
         _ => match pick(&deploys, deploy_name.as_deref()) {
             Ok((step, name)) => act(root, loaded, step, name, &store, action),
             Err(code) => code,
@@ -156,9 +178,9 @@ pub fn describe(j: &Journal) -> Vec<String> {
         Some(r) => {
             let git = if r.git_sha.is_empty() { String::new() } else { format!(", git {}", short(&r.git_sha)) };
             lines.push(format!(
-                "live        {} in slot {} since {} ago (run {}{git})",
+                "live        {} in {} since {} ago (run {}{git})",
                 r.version,
-                r.slot,
+                r.place(),
                 ago(r.since),
                 r.run_id
             ))
@@ -167,35 +189,65 @@ pub fn describe(j: &Journal) -> Vec<String> {
     }
     match (&j.previous, j.kept_until) {
         (Some(p), Some(until)) if until > now() => lines.push(format!(
-            "previous    {} in slot {}, kept running for an instant rollback for {} more",
+            "previous    {} in {}, kept running for an instant rollback for {} more",
             p.version,
-            p.slot,
+            p.place(),
             super::report::duration((until - now()) * 1000)
         )),
         (Some(p), Some(_)) => lines.push(format!(
-            "previous    {} in slot {}, its keep time is over (stopped at the next deploy)",
-            p.version, p.slot
+            "previous    {} in {}, its keep time is over (stopped at the next deploy)",
+            p.version,
+            p.place()
         )),
         (Some(p), None) => lines.push(format!("previous    {} (stopped; a rollback deploys it again)", p.version)),
         (None, _) => {}
     }
     match &j.pending {
-        Some(p) => lines.push(format!(
-            "in progress a {} of {} into slot {}, stopped in phase `{}` {} ago (pid {}, run {}): `pipe deploy resume` or `pipe deploy rollback`",
-            if p.action == deploy::journal::Action::Deploy { "deploy" } else { "rollback" },
-            p.to.version,
-            p.to.slot,
-            p.phase.name(),
-            ago(p.started),
-            p.pid,
-            p.run_id
-        )),
+        Some(p) => {
+            let alive = p.boot == crate::docker::Identity::current().boot
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), None).is_ok();
+            let into = if p.to.slots.is_empty() { String::new() } else { format!(" into {}", p.to.place()) };
+            let (state, next) =
+                if alive { ("running", "") } else { ("stopped", ": `pipe deploy resume` or `pipe deploy rollback`") };
+            lines.push(format!(
+                "in progress a {} of {}{into}, {state} in phase `{}`, started {} ago (pid {}, run {}){next}",
+                if p.action == deploy::journal::Action::Deploy { "deploy" } else { "rollback" },
+                p.to.version,
+                p.phase.name(),
+                ago(p.started),
+                p.pid,
+                p.run_id
+            ));
+            if let Some(w) = p.weight {
+                let from = p
+                    .from
+                    .as_ref()
+                    .map(|f| format!(", {}% on {} in {}", 100 - w, f.version, f.place()))
+                    .unwrap_or_default();
+                lines.push(format!("weights     {w}% on {} (canary step {}){from}", p.to.version, p.step + 1));
+            }
+            if p.batch.number > 0 {
+                let from = p.from.as_ref().map(|f| f.place()).unwrap_or_default();
+                lines.push(format!(
+                    "batch       {}: new serving in {}; old serving in {from}",
+                    p.batch.number,
+                    if p.to.slots.is_empty() { "no slot yet".to_string() } else { p.to.place() }
+                ));
+            }
+            if let Some(v) = p.verdicts.last() {
+                lines.push(format!("verdict     {} at {}%: {}", v.outcome, v.weight, v.reason));
+            }
+            if let Some(w) = &p.waiting {
+                lines.push(format!("waiting for {w}"));
+            }
+        }
         None => lines.push("in progress nothing".into()),
     }
     if let Some(last) = j.history.last() {
         let note = if last.note.is_empty() { String::new() } else { format!(": {}", last.note) };
+        let slots = if last.slot.contains(',') { "slots" } else { "slot" };
         lines.push(format!(
-            "last        {} {} in slot {} {} ago{note}",
+            "last        {} {} in {slots} {} {} ago{note}",
             last.outcome,
             last.version,
             last.slot,
@@ -203,6 +255,33 @@ pub fn describe(j: &Journal) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// `promote` and `abort`: the decision for the gate the deployment waits at,
+/// written for the waiting `pipe` (another process) to read.
+fn decide(root: &Path, name: &str, store: &StateStore, approved: bool, reason: Option<String>) -> u8 {
+    let journal = match JournalStore::new(store.clone(), name).load() {
+        Ok(j) => j,
+        Err(e) => {
+            eprint(&e);
+            return exit::FAILED;
+        }
+    };
+    let Some(p) = journal.pending.filter(|p| p.waiting.is_some()) else {
+        eprintln!("error: `{name}` is not waiting for a person; see `pipe deploy status`");
+        return exit::FAILED;
+    };
+    match crate::approval::decide(root, Some(&p.run_id), Some(&p.to.step), approved, reason) {
+        Ok(_) => {
+            let what = if approved { "promoted" } else { "aborted: it rolls back" };
+            println!("{name}: {} {what}", p.to.version);
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILED
+        }
+    }
 }
 
 fn short(sha: &str) -> &str {

@@ -39,7 +39,8 @@ pub mod exit {
         pipe run --stage test    run `test` and the stages it needs\n  \
         pipe check               validate every pipeline\n  \
         pipe graph orders --format mermaid\n  \
-        pipe logs last test.unit"
+        pipe logs last test.unit\n  \
+        pipe approve             let the run waiting for approval go on"
 )]
 pub struct Cli {
     /// Run as if started in DIR.
@@ -88,6 +89,16 @@ pub enum Command {
         /// A step id (`stage.step`), or any unique end of one.
         step: Option<String>,
     },
+    /// Let a run waiting at an `approve` step (or a canary waiting for a person) go on.
+    Approve(GateArgs),
+    /// Refuse what a waiting run asks: the gate fails (a deployment rolls back).
+    Abort {
+        #[command(flatten)]
+        gate: GateArgs,
+        /// Why, for the run's log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Remove containers and networks left behind by runs that died.
     Gc,
     /// See and steer deployments: status, resume, rollback, history.
@@ -127,6 +138,14 @@ pub struct RunArgs {
 
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// The waiting run (default: the only run waiting).
+    pub run: Option<String>,
+    /// The waiting step, when the run waits at several.
+    pub step: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

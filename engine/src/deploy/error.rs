@@ -33,6 +33,18 @@ pub enum DeployError {
     #[diagnostic(code(deploy::probe))]
     Probe { failures: u64, max: u64 },
 
+    #[error("the analysis failed the canary: {0}")]
+    #[diagnostic(code(deploy::analysis))]
+    Analysis(String),
+
+    #[error("aborted by {by}{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    #[diagnostic(code(deploy::aborted))]
+    Aborted { by: String, reason: Option<String> },
+
+    #[error("no one promoted the canary within {0}")]
+    #[diagnostic(code(deploy::not_promoted))]
+    NotPromoted(String),
+
     #[error("{0}")]
     #[diagnostic(
         code(deploy::unfinished),

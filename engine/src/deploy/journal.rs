@@ -32,10 +32,11 @@ pub struct Journal {
     pub history: Vec<Entry>,
 }
 
-/// One version in one slot.
+/// One version and the slots it runs in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
-    pub slot: String,
+    /// One slot for blue-green and canary; `replicas` slots for rolling.
+    pub slots: Vec<String>,
     pub version: String,
     pub git_sha: String,
     pub run_id: String,
@@ -48,6 +49,21 @@ pub struct Release {
     /// The step outputs the deployment read, to redeploy this release later.
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
+}
+
+impl Release {
+    /// The slot of a one-slot release (blue-green, canary).
+    pub fn slot(&self) -> &str {
+        self.slots.first().map_or("", String::as_str)
+    }
+
+    /// `slot green`, `slots 1, 2, 3`: for messages.
+    pub fn place(&self) -> String {
+        match self.slots.as_slice() {
+            [one] => format!("slot {one}"),
+            many => format!("slots {}", many.join(", ")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +79,7 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Starting the instance that will take the traffic.
+    /// Starting the instance(s) that will take the traffic.
     Start,
     /// Checking it directly, never through the proxy.
     Health,
@@ -111,6 +127,68 @@ pub struct Pending {
     /// Why a rollback was started.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Canary: the step reached (an index into the steps) and the canary's
+    /// share of the traffic there, in percent.
+    #[serde(default)]
+    pub step: usize,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Rolling: the batch in progress.
+    #[serde(default)]
+    pub batch: Batch,
+    /// What the deployment waits for now: a person's approval, and how to give it.
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// Every analysis verdict of this deployment, oldest first.
+    #[serde(default)]
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Pending {
+    pub fn new(action: Action, from: Option<Release>, to: Release, run_id: &str, reason: Option<String>) -> Pending {
+        Pending {
+            action,
+            phase: Phase::Start,
+            from,
+            to,
+            started: now(),
+            pid: std::process::id(),
+            boot: crate::docker::Identity::current().boot.clone(),
+            run_id: run_id.to_string(),
+            reason,
+            step: 0,
+            weight: None,
+            batch: Batch::default(),
+            waiting: None,
+            verdicts: Vec::new(),
+        }
+    }
+}
+
+/// A rolling deployment's batch: instances being added, then old ones retired.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// 1 for the first batch.
+    pub number: u32,
+    /// Slots started with the new version, not yet taking traffic.
+    pub starting: Vec<String>,
+    /// Slots of the old version leaving: drained, then stopped.
+    pub retiring: Vec<String>,
+}
+
+/// An analysis window's verdict, with its numbers and its reason in words.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Unix seconds, at the window's end.
+    pub at: u64,
+    /// The canary's share of traffic during the window, in percent.
+    pub weight: u32,
+    pub window_ms: u64,
+    /// `pass`, `fail` or `inconclusive`.
+    pub outcome: String,
+    pub reason: String,
+    pub canary: crate::plugin::contract::Side,
+    pub baseline: crate::plugin::contract::Side,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -180,7 +258,7 @@ impl Journal {
             at: now(),
             outcome: outcome.to_string(),
             version: release.version.clone(),
-            slot: release.slot.clone(),
+            slot: release.slots.join(", "),
             run_id: release.run_id.clone(),
             note: note.into(),
         });
@@ -201,7 +279,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journals = JournalStore::new(StateStore::open(dir.path(), "p"), "orders");
         let release = Release {
-            slot: "blue".into(),
+            slots: vec!["blue".into()],
             version: "1".into(),
             git_sha: "abc".into(),
             run_id: "r".into(),

@@ -8,13 +8,19 @@
 //! The rest of pipe sees a [`DeployRun`] (rendered by `run/`) and the entry
 //! points here; this module knows nothing of the scheduler.
 
+mod actions;
+mod analysis;
+mod canary;
 mod drain;
+mod driver;
 mod error;
 mod http;
 mod instance;
 pub mod journal;
+mod notify;
 mod probe;
 mod roles;
+mod rolling;
 mod switch;
 mod verify;
 
@@ -25,14 +31,16 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use analysis::AnalysisRun;
 pub use error::DeployError;
 pub use instance::{CommandInstance, DockerInstance, InstanceRun};
-pub use journal::{Journal, JournalStore};
+pub use journal::{Journal, JournalStore, Verdict};
+pub use notify::NotifyRun;
 pub use probe::ProbeReport;
 pub use roles::RoleRun;
 pub use verify::VerifyRun;
 
-use crate::lang::model::Strategy;
+use crate::lang::model::{CanaryStep, Rolling};
 use crate::step::{Exit, StepLog, outputs};
 
 /// A deployment ready to run: every template rendered, every plugin prepared.
@@ -42,7 +50,7 @@ pub struct DeployRun {
     pub name: String,
     /// The deploy step's id.
     pub step: String,
-    pub strategy: Strategy,
+    pub strategy: StrategyRun,
     pub version: String,
     pub run_id: String,
     pub git_sha: String,
@@ -55,6 +63,10 @@ pub struct DeployRun {
     pub drain: Duration,
     pub keep_previous: Duration,
     pub probe: Option<ProbeRun>,
+    pub notify: Vec<NotifyRun>,
+    /// The instances of the release that was live when this deployment was
+    /// rendered, by slot: what a rolling deployment starts again to roll back.
+    pub previous: Option<PreviousRun>,
     pub journal: JournalStore,
     /// Where `.pipe/` lives (for the deploy lock).
     pub root: PathBuf,
@@ -62,6 +74,56 @@ pub struct DeployRun {
     pub logs: String,
     /// Where the step's outputs and its report go, when it runs as a step.
     pub output_file: Option<PathBuf>,
+}
+
+/// How traffic moves, with what each strategy needs at run time.
+#[derive(Debug)]
+pub enum StrategyRun {
+    BlueGreen,
+    Rolling(Rolling),
+    Canary(Box<CanaryRun>),
+}
+
+impl StrategyRun {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyRun::BlueGreen => "blue-green",
+            StrategyRun::Rolling(_) => "rolling",
+            StrategyRun::Canary(_) => "canary",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CanaryRun {
+    pub steps: Vec<CanaryStep>,
+    pub analysis: Option<AnalysisRun>,
+}
+
+#[derive(Debug)]
+pub struct PreviousRun {
+    pub version: String,
+    pub instances: BTreeMap<String, InstanceRun>,
+}
+
+impl DeployRun {
+    /// What starts `version` in `slot`: this deployment's instance, or the
+    /// previous release's (rolling back a rolling deployment).
+    fn instance_for(&self, slot: &SlotRun, version: &str) -> Result<InstanceRun, DeployError> {
+        if version == self.version {
+            return Ok(slot.instance.clone());
+        }
+        self.previous
+            .as_ref()
+            .filter(|p| p.version == version)
+            .and_then(|p| p.instances.get(&slot.name).cloned())
+            .ok_or_else(|| {
+                DeployError::Refused(format!(
+                    "cannot start {version} again: this deployment knows only {} and the release that was live",
+                    self.version
+                ))
+            })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +153,7 @@ pub struct Report {
     pub version: String,
     /// `deployed`, `rolled-back`, `failed`, `interrupted`.
     pub outcome: String,
+    /// The slot(s) of the new version, comma-separated.
     pub slot: String,
     pub from: Option<String>,
     pub phases: Vec<PhaseReport>,
@@ -100,6 +163,11 @@ pub struct Report {
     /// From the healthy new slot handed to the switch to its first answer
     /// through the public URL, in milliseconds.
     pub switch_ms: Option<f64>,
+    /// Every analysis verdict, oldest first.
+    pub verdicts: Vec<Verdict>,
+    /// What the engine itself spent beyond the configured waits (pauses,
+    /// drains): per rolling batch or canary step, in milliseconds.
+    pub overhead_ms: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,30 +179,30 @@ pub struct PhaseReport {
 
 /// The `deploy` step: deploys the new version, rolling back on any failure.
 pub async fn run(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
-    let (result, report) = switch::deploy(d, log, cancel).await;
+    let (result, report) = actions::deploy(d, log, cancel).await;
     finish_step(d, log, result, report)
 }
 
 /// Deploys a release again (a rollback to a release no longer kept running).
 pub async fn redeploy(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
-    switch::deploy(d, log, cancel).await
+    actions::deploy(d, log, cancel).await
 }
 
 /// `pipe deploy stop`: stops every instance of the deployment (the proxy is
 /// not told): the service is taken down, and the journal says so.
 pub async fn stop(d: &DeployRun, log: &StepLog) -> Result<(), DeployError> {
-    switch::stop_all(d, log).await
+    actions::stop_all(d, log).await
 }
 
 /// `pipe deploy resume`: finishes what a killed `pipe` left in progress.
 pub async fn resume(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
-    switch::resume(d, log, cancel).await
+    actions::resume(d, log, cancel).await
 }
 
 /// `pipe deploy rollback`: undoes what is in progress, or goes back to the
 /// kept previous release.
 pub async fn rollback(d: &DeployRun, log: &StepLog, cancel: &CancellationToken) -> (Result<(), DeployError>, Report) {
-    switch::rollback(d, log, cancel).await
+    actions::rollback(d, log, cancel).await
 }
 
 fn finish_step(d: &DeployRun, log: &StepLog, result: Result<(), DeployError>, report: Report) -> Exit {

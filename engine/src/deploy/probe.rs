@@ -59,6 +59,8 @@ struct Shared {
     phase: String,
     /// Phases in the order they began.
     order: Vec<String>,
+    /// The first phase whose failures count against the deployment.
+    counted_from: Option<usize>,
     counts: BTreeMap<String, Counts>,
 }
 
@@ -84,6 +86,7 @@ impl Probe {
         let shared = Arc::new(Mutex::new(Shared {
             phase: first_phase.to_string(),
             order: vec![first_phase.to_string()],
+            counted_from: None,
             counts: BTreeMap::new(),
         }));
         let stop = CancellationToken::new();
@@ -107,10 +110,19 @@ impl Probe {
         }
     }
 
-    /// Failures (as a browser counts them) in `phase` and the phases after it.
-    pub fn failures_since(&self, phase: &str) -> u64 {
+    /// From the current phase on, failures count (traffic has begun to move).
+    pub fn count_from_here(&self) {
+        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.counted_from.is_none() {
+            let here = s.order.iter().position(|p| *p == s.phase).unwrap_or(s.order.len());
+            s.counted_from = Some(here);
+        }
+    }
+
+    /// Failures (as a browser counts them) since `count_from_here`.
+    pub fn counted_failures(&self) -> u64 {
         let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let from = s.order.iter().position(|p| p == phase).unwrap_or(s.order.len());
+        let Some(from) = s.counted_from else { return 0 };
         s.order[from..].iter().filter_map(|p| s.counts.get(p)).map(|c| c.numbers.failures()).sum()
     }
 

@@ -11,12 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::DeployError;
 use super::instance::{InstanceRun, Status};
-use crate::plugin::contract::{Backend, Input, Reply};
+use crate::plugin::contract::{Backend, DeployEvent, Input, Measurement, Reply, Window};
 use crate::plugin::{Call, DEFAULT_MEMORY, Failure, Granted, Host, PluginRun, PluginState, Prepared};
 use crate::step::StepLog;
 
-/// The longest one plugin call in a role may take.
+/// The longest one plugin call in a role may take: a health check or a
+/// traffic switch (which may wait for a drain).
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// A measurement reads a log or statistics.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A notification must not hold a deployment up.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A plugin in a role, its settings and grants rendered.
 #[derive(Clone)]
@@ -41,6 +46,7 @@ impl RoleRun {
         &self,
         call: Call,
         net: Option<&str>,
+        timeout: Duration,
         log: &StepLog,
         cancel: &CancellationToken,
     ) -> Result<Reply, String> {
@@ -60,9 +66,9 @@ impl RoleRun {
         let bounded = cancel.child_token();
         let outcome = tokio::select! {
             o = host.call(run, log, &bounded) => o,
-            () = tokio::time::sleep(CALL_TIMEOUT) => {
+            () = tokio::time::sleep(timeout) => {
                 bounded.cancel();
-                return Err(format!("{} did not answer within {}s", self.plugin.label(), CALL_TIMEOUT.as_secs()));
+                return Err(format!("{} did not answer within {}s", self.plugin.label(), timeout.as_secs()));
             }
         };
         outcome.result.map_err(|f| match f {
@@ -89,7 +95,10 @@ impl RoleRun {
             if let Status::Dead(how) = instance.status(group).await {
                 return Err(DeployError::Died { what: instance.describe(), how, last: instance.last_lines().await });
             }
-            match self.call(Call::Check { address: address.to_string() }, Some(address), log, cancel).await {
+            match self
+                .call(Call::Check { address: address.to_string() }, Some(address), CALL_TIMEOUT, log, cancel)
+                .await
+            {
                 Ok(Reply::Note(note)) => return Ok(format!("{note} (check {attempt})")),
                 Ok(_) => return Ok(format!("healthy (check {attempt})")),
                 Err(_) if cancel.is_cancelled() => return Err(DeployError::Cancelled),
@@ -113,10 +122,28 @@ impl RoleRun {
         log: &StepLog,
         cancel: &CancellationToken,
     ) -> Result<String, DeployError> {
-        match self.call(Call::Route { backends: backends.to_vec() }, None, log, cancel).await {
+        match self.call(Call::Route { backends: backends.to_vec() }, None, CALL_TIMEOUT, log, cancel).await {
             Ok(Reply::Note(note)) => Ok(note),
             Ok(_) => Ok(String::new()),
             Err(e) => Err(DeployError::Switch(e)),
         }
+    }
+
+    /// Measures both sides of a canary over a window.
+    pub async fn measure(
+        &self,
+        window: Window,
+        log: &StepLog,
+        cancel: &CancellationToken,
+    ) -> Result<Measurement, String> {
+        match self.call(Call::Measure(window), None, MEASURE_TIMEOUT, log, cancel).await? {
+            Reply::Measured(m) => Ok(m),
+            _ => Err(format!("{} answered no measurement", self.plugin.label())),
+        }
+    }
+
+    /// Tells a notifier what happened.
+    pub async fn notify(&self, event: DeployEvent, log: &StepLog, cancel: &CancellationToken) -> Result<(), String> {
+        self.call(Call::Notify(event), None, NOTIFY_TIMEOUT, log, cancel).await.map(|_| ())
     }
 }

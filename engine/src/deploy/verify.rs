@@ -63,8 +63,12 @@ impl VerifyRun {
                 () = cancel.cancelled() => return Err(DeployError::Cancelled),
             }
         }
-        let note =
-            format!("{} answered as expected {}× in a row ({tries} tries, {})", self.url, self.times, fmt(started.elapsed()));
+        let note = format!(
+            "{} answered as expected {}× in a row ({tries} tries, {})",
+            self.url,
+            self.times,
+            fmt(started.elapsed())
+        );
         Ok((note, first_good.unwrap_or_else(Instant::now)))
     }
 }

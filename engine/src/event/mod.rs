@@ -32,6 +32,11 @@ pub enum Event {
         delay_ms: u64,
         reason: String,
     },
+    /// A step waits for a person (`waiting`), or stopped waiting (none).
+    StepWaiting {
+        step: String,
+        waiting: Option<String>,
+    },
     StepFinished(StepRecord),
     RunFinished(Box<RunRecord>),
 }

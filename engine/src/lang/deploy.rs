@@ -1,25 +1,31 @@
-//! `deploy "name" strategy="blue-green" { … }` in a stage: a step of its own
-//! that puts a new version of a service in front of its users.
+//! `deploy "name" strategy="blue-green|rolling|canary" { … }` in a stage: a
+//! step of its own that puts a new version of a service in front of its users.
+//! The roles, checks and canary steps inside it are read in `deploy_parts`.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use kdl::KdlValue;
 
-use super::error::LangError;
+use super::error::{LangError, did_you_mean};
 use super::interp::Template;
 use super::model::{
-    Action, Deploy, Env, Grants, Instance, Probe, Retry, Role, RunCommand, Slot, Step, Strategy, Verify,
+    Action, Analysis, Canary, CanaryStep, Deploy, Env, Instance, Notify, Probe, Retry, Role, Rolling, RunCommand, Slot,
+    Step, Strategy, Verify,
 };
 use super::parser::Parser;
-use super::plugin_step::GRANT_NODES;
-use super::reader::Node;
+use super::reader::{Node, Spanned};
 
 const DEPLOY_NODES: &[&str] = &[
     "instance",
     "slots",
+    "replicas",
+    "batch",
+    "steps",
     "health",
     "traffic",
+    "analysis",
+    "notify",
     "verify",
     "drain",
     "keep-previous",
@@ -29,24 +35,41 @@ const DEPLOY_NODES: &[&str] = &[
     "timeout",
 ];
 
+const STRATEGIES: &[&str] = &["blue-green", "rolling", "canary"];
+
+/// What a `deploy` block said, before it is checked as a whole.
+#[derive(Default)]
+struct Parts {
+    instance: Option<Instance>,
+    slots: Option<Vec<Slot>>,
+    replicas: Option<Spanned<u32>>,
+    batch: Option<Spanned<u32>>,
+    steps: Option<Spanned<Vec<CanaryStep>>>,
+    health: Option<Role>,
+    traffic: Option<Role>,
+    analysis: Option<Spanned<Analysis>>,
+    notify: Vec<Notify>,
+    verify: Option<Verify>,
+    probe: Option<Probe>,
+}
+
 impl Parser {
     /// A `deploy` node, as the step it is.
     pub(super) fn deploy(&mut self, node: Node) -> Option<Step> {
         node.check_props(&["strategy", "version"], &mut self.errs);
         node.check_arg_count(1, &mut self.errs);
         let name = self.name(node, "deploy")?;
-        let strategy = match node.prop_string("strategy", &mut self.errs) {
-            Some(s) if s.value == "blue-green" => Strategy::BlueGreen,
-            Some(s) => {
-                let help = Some("strategy=\"blue-green\"".to_string());
+        let strategy = node.prop_string("strategy", &mut self.errs);
+        match &strategy {
+            Some(s) if !STRATEGIES.contains(&s.value.as_str()) => {
+                let help = did_you_mean(&s.value, STRATEGIES.iter().copied())
+                    .or_else(|| Some(super::error::expected_one_of(STRATEGIES)));
                 self.errs.invalid(&s.loc, "strategy", format!("`{}` is not a strategy", s.value), help);
-                Strategy::BlueGreen
             }
-            None => {
-                self.missing(node, "deploy", "a strategy", "deploy \"orders\" strategy=\"blue-green\" { … }");
-                Strategy::BlueGreen
-            }
-        };
+            Some(_) => {}
+            None => self.missing(node, "deploy", "a strategy", "deploy \"orders\" strategy=\"blue-green\" { … }"),
+        }
+        let kind = strategy.as_ref().map_or("blue-green", |s| s.value.as_str());
         let version = node.prop_string("version", &mut self.errs).map(|v| self.template(&v));
         let mut step = Step {
             name: name.value.clone(),
@@ -61,17 +84,38 @@ impl Parser {
             container: None,
             workdir: None,
         };
-        let (mut instance, mut slots, mut health, mut traffic, mut verify, mut probe) =
-            (None, None, None, None, None, None);
+        let mut p = Parts::default();
         let (mut drain, mut keep_previous) = (Duration::from_secs(30), Duration::ZERO);
         for child in node.children() {
+            let only = |s: &str| -> Option<&'static str> {
+                match child.name() {
+                    "replicas" | "batch" if s != "rolling" => Some("rolling"),
+                    "steps" | "analysis" if s != "canary" => Some("canary"),
+                    _ => None,
+                }
+            };
+            if let Some(needed) = only(kind) {
+                let help = Some(format!("`{}` belongs to strategy=\"{needed}\"", child.name()));
+                self.errs.invalid(
+                    &child.name_loc(),
+                    child.name(),
+                    format!("a {kind} deployment has no `{}`", child.name()),
+                    help,
+                );
+                continue;
+            }
             match child.name() {
-                "instance" => instance = self.instance(child),
-                "slots" => slots = Some(self.slots(child)),
-                "health" => health = self.role(child, true),
-                "traffic" => traffic = self.role(child, false),
-                "verify" => verify = self.verify(child),
-                "probe" => probe = self.probe(child),
+                "instance" => p.instance = self.instance(child),
+                "slots" => p.slots = Some(self.slots(child)),
+                "replicas" => p.replicas = self.count(child),
+                "batch" => p.batch = self.count(child),
+                "steps" => p.steps = self.canary_steps(child),
+                "health" => p.health = self.role(child, true),
+                "traffic" => p.traffic = self.role(child, false),
+                "analysis" => p.analysis = self.analysis(child),
+                "notify" => p.notify.extend(self.notify(child)),
+                "verify" => p.verify = self.verify(child),
+                "probe" => p.probe = self.probe(child),
                 "drain" | "keep-previous" => {
                     self.leaf(child, &[], 1);
                     let d = child.args().next().and_then(|e| child.entry_duration(e, child.name(), &mut self.errs));
@@ -91,11 +135,20 @@ impl Parser {
             }
         }
         let example = match () {
-            () if instance.is_none() => Some(("an instance", "instance \"docker\" image=\"orders:1\" port=8080")),
-            () if slots.is_none() => Some(("slots", "slots { slot \"blue\" port=8081; slot \"green\" port=8082 }")),
-            () if health.is_none() => Some(("a health check", "health \"http-check\" path=\"/health\"")),
-            () if traffic.is_none() => {
+            () if p.instance.is_none() => Some(("an instance", "instance \"docker\" image=\"orders:1\" port=8080")),
+            () if p.slots.is_none() => Some(match kind {
+                "rolling" => ("slots", "slots ports=\"8101-8105\""),
+                _ => ("slots", "slots { slot \"blue\" port=8081; slot \"green\" port=8082 }"),
+            }),
+            () if p.health.is_none() => Some(("a health check", "health \"http-check\" path=\"/health\"")),
+            () if p.traffic.is_none() => {
                 Some(("a traffic switch", "traffic \"nginx-switch\" file=\"…\" upstream=\"app\" …"))
+            }
+            () if kind == "rolling" && !node.children().iter().any(|c| c.name() == "replicas") => {
+                Some(("a number of replicas", "replicas 4"))
+            }
+            () if kind == "canary" && p.steps.is_none() => {
+                Some(("weight steps", "steps { weight 10 pause=\"2m\"; weight 50 approve=#true; weight 100 }"))
             }
             () => None,
         };
@@ -103,25 +156,89 @@ impl Parser {
             self.missing(node, &format!("deploy \"{}\"", name.value), what, help);
             return None;
         }
-        let slots: Vec<Slot> = slots.unwrap_or_default();
-        if strategy == Strategy::BlueGreen && slots.len() != 2 {
-            self.errs.invalid(&node.name_loc(), "slots", "blue-green needs exactly two slots", None);
-        }
+        let slots: Vec<Slot> = p.slots.unwrap_or_default();
+        let strategy = self.strategy(node, kind, &slots, p.replicas, p.batch, p.steps, p.analysis)?;
         step.action = Action::Deploy(Box::new(Deploy {
             name: name.value,
             strategy,
             version,
-            instance: instance?,
+            instance: p.instance?,
             slots,
-            health: health?,
-            traffic: traffic?,
-            verify,
+            health: p.health?,
+            traffic: p.traffic?,
+            verify: p.verify,
             drain,
             keep_previous,
-            probe,
+            probe: p.probe,
+            notify: p.notify,
             loc: node.name_loc(),
         }));
         Some(step)
+    }
+
+    /// The strategy with its own settings, checked against the slots.
+    #[allow(clippy::too_many_arguments)]
+    fn strategy(
+        &mut self,
+        node: Node,
+        kind: &str,
+        slots: &[Slot],
+        replicas: Option<Spanned<u32>>,
+        batch: Option<Spanned<u32>>,
+        steps: Option<Spanned<Vec<CanaryStep>>>,
+        analysis: Option<Spanned<Analysis>>,
+    ) -> Option<Strategy> {
+        let at = node.name_loc();
+        match kind {
+            "rolling" => {
+                let replicas = replicas?.value;
+                let batch = batch.map_or(1, |b| b.value).min(replicas);
+                let needed = (replicas + batch) as usize;
+                if slots.len() < needed {
+                    let help = Some(format!(
+                        "a new instance starts before an old one stops: {replicas} replicas in batches of {batch} need {needed} slots, e.g. slots ports=\"8101-{}\"",
+                        8100 + needed
+                    ));
+                    self.errs.invalid(&at, "slots", format!("{} slot(s) is not enough", slots.len()), help);
+                }
+                Some(Strategy::Rolling(Rolling { replicas, batch }))
+            }
+            "canary" => {
+                if slots.len() != 2 {
+                    self.errs.invalid(&at, "slots", "a canary runs in exactly two slots (old and new)", None);
+                }
+                let steps = steps?;
+                let analysis = analysis.map(|a| {
+                    if !steps.value.iter().any(|s| !s.pause.is_zero()) {
+                        let help = Some("give a step a pause: weight 10 pause=\"2m\"".to_string());
+                        self.errs.invalid(&a.loc, "analysis", "analysis runs during pauses, and no step pauses", help);
+                    }
+                    a.value
+                });
+                Some(Strategy::Canary(Box::new(Canary { steps: steps.value, analysis })))
+            }
+            _ => {
+                if slots.len() != 2 {
+                    self.errs.invalid(&at, "slots", "blue-green needs exactly two slots", None);
+                }
+                Some(Strategy::BlueGreen)
+            }
+        }
+    }
+
+    /// `replicas 4`, `batch 1`: a count of at least one.
+    fn count(&mut self, node: Node) -> Option<Spanned<u32>> {
+        self.leaf(node, &[], 1);
+        let Some(e) = node.args().next() else {
+            node.arg_string("a number", &mut self.errs);
+            return None;
+        };
+        let n = node.entry_u32(e, node.name(), &mut self.errs)?;
+        if n.value == 0 || n.value > 64 {
+            self.errs.invalid(&n.loc, node.name(), "a number from 1 to 64", None);
+            return None;
+        }
+        Some(n)
     }
 
     fn instance(&mut self, node: Node) -> Option<Instance> {
@@ -194,9 +311,27 @@ impl Parser {
         }
     }
 
+    /// `slots { slot "blue" port=8081; … }`, or `slots ports="8101-8106"`
+    /// for slots named `1`, `2`, … on consecutive ports.
     fn slots(&mut self, node: Node) -> Vec<Slot> {
-        node.check_props(&[], &mut self.errs);
+        node.check_props(&["ports"], &mut self.errs);
         node.check_arg_count(0, &mut self.errs);
+        if let Some(range) = node.prop_string("ports", &mut self.errs) {
+            node.check_no_children(&mut self.errs);
+            let parsed = range.value.split_once('-').and_then(|(a, b)| {
+                let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+                (a > 0 && a <= b && b - a < 64).then_some((a, b))
+            });
+            let Some((first, last)) = parsed else {
+                let help = Some("ports=\"8101-8106\": at most 64 ports, the first one lowest".to_string());
+                self.errs.invalid(&range.loc, "ports", format!("`{}` is not a port range", range.value), help);
+                return Vec::new();
+            };
+            return (first..=last)
+                .enumerate()
+                .map(|(i, port)| Slot { name: (i + 1).to_string(), port, loc: range.loc.clone() })
+                .collect();
+        }
         let mut slots: Vec<Slot> = Vec::new();
         let mut seen: HashMap<u16, String> = HashMap::new();
         for child in node.children() {
@@ -221,80 +356,6 @@ impl Parser {
         slots
     }
 
-    /// `health "plugin" …` or `traffic "plugin" …`, with `allow-*` children.
-    /// In `health`, `attempts` and `interval` are the deployment's (it repeats
-    /// the plugin's single check); every other property is the plugin's.
-    fn role(&mut self, node: Node, health: bool) -> Option<Role> {
-        node.check_arg_count(1, &mut self.errs);
-        let uses = node.arg_string("a plugin name or path", &mut self.errs)?;
-        let mut config: Vec<(String, Template)> = Vec::new();
-        let (mut attempts, mut interval) = (30, Duration::from_secs(1));
-        for (key, entry) in node.props() {
-            match key {
-                "attempts" if health => {
-                    attempts = node.entry_u32(entry, key, &mut self.errs).map_or(attempts, |a| a.value.max(1))
-                }
-                "interval" if health => {
-                    interval = node.entry_duration(entry, key, &mut self.errs).map_or(interval, |d| d.value)
-                }
-                _ if config.iter().any(|(k, _)| k == key) => {
-                    self.errs.syntax(&node.entry_loc(entry), format!("`{key}` is given twice"), "again here")
-                }
-                _ => {
-                    if let Some(text) = node.entry_text(entry, key, &mut self.errs) {
-                        config.push((key.to_string(), self.template(&text)));
-                    }
-                }
-            }
-        }
-        let mut grants = Grants::default();
-        for child in node.children() {
-            match child.name() {
-                name if GRANT_NODES.contains(&name) => self.grant(child, &mut grants),
-                other => self.unknown(child, &format!("a `{}` block", node.name()), GRANT_NODES, other),
-            }
-        }
-        Some(Role { uses, config, grants, attempts, interval })
-    }
-
-    fn verify(&mut self, node: Node) -> Option<Verify> {
-        self.leaf(node, &["url", "status", "body-contains", "times", "timeout"], 0);
-        let Some(url) = node.prop_string("url", &mut self.errs).map(|u| self.template(&u)) else {
-            self.missing(
-                node,
-                "verify",
-                "a url",
-                "verify url=\"http://127.0.0.1:8080/version\" body-contains=\"${git.sha}\"",
-            );
-            return None;
-        };
-        let status = node.prop("status").and_then(|e| node.entry_u32(e, "status", &mut self.errs));
-        let times = node.prop("times").and_then(|e| node.entry_u32(e, "times", &mut self.errs));
-        let timeout = node.prop("timeout").and_then(|e| node.entry_duration(e, "timeout", &mut self.errs));
-        Some(Verify {
-            url,
-            status: status.map_or(200, |s| u16::try_from(s.value).unwrap_or(200)),
-            body_contains: node.prop_string("body-contains", &mut self.errs).map(|b| self.template(&b)),
-            times: times.map_or(5, |t| t.value.max(1)),
-            timeout: timeout.map_or(Duration::from_secs(30), |t| t.value),
-        })
-    }
-
-    fn probe(&mut self, node: Node) -> Option<Probe> {
-        self.leaf(node, &["url", "rate", "max-failures"], 0);
-        let Some(url) = node.prop_string("url", &mut self.errs).map(|u| self.template(&u)) else {
-            self.missing(node, "probe", "a url", "probe url=\"http://127.0.0.1:8080/\" rate=100 max-failures=0");
-            return None;
-        };
-        let rate = node.prop("rate").and_then(|e| node.entry_u32(e, "rate", &mut self.errs));
-        let max = node.prop("max-failures").and_then(|e| node.entry_u32(e, "max-failures", &mut self.errs));
-        Some(Probe {
-            url,
-            rate: rate.map_or(50, |r| r.value.clamp(1, 10_000)),
-            max_failures: max.map_or(0, |m| u64::from(m.value)),
-        })
-    }
-
     fn port(&mut self, node: Node, e: &kdl::KdlEntry) -> Option<u16> {
         match e.value() {
             KdlValue::Integer(p) if (1..=65535).contains(p) => Some(*p as u16),
@@ -305,7 +366,7 @@ impl Parser {
         }
     }
 
-    fn missing(&mut self, node: Node, what_node: &str, what: &str, help: &str) {
+    pub(super) fn missing(&mut self, node: Node, what_node: &str, what: &str, help: &str) {
         self.errs.push(LangError::Missing {
             node: what_node.to_string(),
             what: what.to_string(),

@@ -4,6 +4,7 @@
 mod blocks;
 mod container;
 mod deploy;
+mod deploy_parts;
 pub mod discover;
 pub mod error;
 pub mod interp;

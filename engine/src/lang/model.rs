@@ -185,6 +185,15 @@ pub enum Action {
     Plugin(PluginCall),
     ImageBuild(ImageBuild),
     Deploy(Box<Deploy>),
+    Approve(Approve),
+}
+
+/// `approve "Deploy to production?" timeout="4h"`: the run waits until a person
+/// approves (`pipe approve RUN`) or aborts, or the timeout passes (then it fails).
+#[derive(Clone, Debug)]
+pub struct Approve {
+    pub message: Template,
+    pub timeout: Duration,
 }
 
 /// `deploy "name" strategy="blue-green" { instance …; slots {…}; health …; traffic …; … }`:
@@ -205,6 +214,8 @@ pub struct Deploy {
     /// How long the old version stays running, idle, for an instant rollback.
     pub keep_previous: Duration,
     pub probe: Option<Probe>,
+    /// Who hears about what the deployment does.
+    pub notify: Vec<Notify>,
     pub loc: Loc,
 }
 
@@ -212,7 +223,7 @@ impl Deploy {
     /// Every template: the instance's (where `${slot.*}` may appear), then the
     /// deployment's own (version, roles, verify, probe).
     pub fn templates_mut(&mut self) -> (Vec<&mut Template>, Vec<&mut Template>) {
-        let Deploy { instance, version, health, traffic, verify, probe, .. } = self;
+        let Deploy { instance, version, health, traffic, verify, probe, notify, strategy, .. } = self;
         let instance: Vec<&mut Template> = match instance {
             Instance::Docker { image, env, cmd, .. } => {
                 std::iter::once(image).chain(cmd.iter_mut()).chain(env.0.iter_mut().map(|v| &mut v.value)).collect()
@@ -223,8 +234,14 @@ impl Deploy {
                 .chain(env.0.iter_mut().map(|v| &mut v.value))
                 .collect(),
         };
+        let analysis = match strategy {
+            Strategy::Canary(c) => c.analysis.as_mut().map(|a| &mut a.role),
+            _ => None,
+        };
         let roles = [health, traffic]
             .into_iter()
+            .chain(analysis)
+            .chain(notify.iter_mut().map(|n| &mut n.role))
             .flat_map(|r| r.config.iter_mut().map(|(_, t)| t).chain(r.grants.templates_mut()));
         let own = version
             .iter_mut()
@@ -236,18 +253,123 @@ impl Deploy {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How traffic moves from the old version to the new one.
+#[derive(Clone, Debug)]
 pub enum Strategy {
+    /// All at once, between two slots.
     BlueGreen,
+    /// Instance by instance over a fleet.
+    Rolling(Rolling),
+    /// A growing share of the traffic, measured at each step.
+    Canary(Box<Canary>),
 }
 
 impl Strategy {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Strategy::BlueGreen => "blue-green",
+            Strategy::Rolling(_) => "rolling",
+            Strategy::Canary(_) => "canary",
         }
     }
+}
+
+/// `replicas 4; batch 1`: `replicas` instances serve; `batch` new ones are
+/// started (and as many old ones retired) at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rolling {
+    pub replicas: u32,
+    pub batch: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Canary {
+    /// Increasing weights, the last one 100.
+    pub steps: Vec<CanaryStep>,
+    pub analysis: Option<Analysis>,
+}
+
+/// `weight 10 pause="2m" approve=#true timeout="1h"`: the canary's share of traffic (in
+/// percent), how long it is held there (analysis runs meanwhile), and whether
+/// a person must then promote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryStep {
+    pub weight: u32,
+    pub pause: Duration,
+    pub approve: bool,
+    /// How long a person may take to promote (or an on-no-data pause may
+    /// last) before the canary fails and is rolled back.
+    pub timeout: Duration,
+}
+
+/// `analysis "plugin" window="1m" min-samples=100 on-no-data="fail" { metric … }`.
+#[derive(Clone, Debug)]
+pub struct Analysis {
+    pub role: Role,
+    pub window: Duration,
+    /// Fewer canary requests than this in a window: no verdict from numbers.
+    pub min_samples: u64,
+    pub on_no_data: OnNoData,
+    pub metrics: Vec<Metric>,
+}
+
+/// What an inconclusive window (too few requests) leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNoData {
+    /// The canary fails and is rolled back.
+    Fail,
+    /// The deployment holds its weight and waits for a person.
+    Pause,
+    /// The step goes on as if the window passed.
+    Pass,
+}
+
+impl OnNoData {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnNoData::Fail => "fail",
+            OnNoData::Pause => "pause",
+            OnNoData::Pass => "pass",
+        }
+    }
+}
+
+/// `metric "error-rate" max=0.01`, `metric "p99" max="300ms"`: a bound on the canary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metric {
+    pub kind: MetricKind,
+    /// A ratio for `error-rate`, milliseconds for latencies.
+    pub max: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    ErrorRate,
+    P50,
+    P90,
+    P99,
+}
+
+impl MetricKind {
+    pub const NAMES: &[&str] = &["error-rate", "p50", "p90", "p99"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricKind::ErrorRate => "error-rate",
+            MetricKind::P50 => "p50",
+            MetricKind::P90 => "p90",
+            MetricKind::P99 => "p99",
+        }
+    }
+}
+
+/// `notify "plugin" on="failed,rolled-back" …`: a notifier told about the
+/// deployment's events (all of them, or those listed in `on`).
+#[derive(Clone, Debug)]
+pub struct Notify {
+    pub role: Role,
+    pub on: Vec<String>,
 }
 
 /// What runs in a slot: a long-lived container, or anything started by commands.
@@ -277,7 +399,7 @@ pub struct Slot {
     pub loc: Loc,
 }
 
-/// A plugin in a deployment role (`health`, `traffic`): its settings and grants.
+/// A plugin in a deployment role (`health`, `traffic`, `analysis`, `notify`): its settings and grants.
 #[derive(Clone, Debug)]
 pub struct Role {
     pub uses: Spanned<String>,

@@ -9,8 +9,8 @@ use kdl::KdlDocument;
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
 use super::interp::{RefKind, Template};
 use super::model::{
-    Action, ContainerSpec, Env, Executor, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage, Step,
-    Trigger,
+    Action, Approve, ContainerSpec, Env, Executor, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage,
+    Step, Trigger,
 };
 use super::plugin_step::GRANT_NODES;
 use super::reader::{Node, Spanned};
@@ -37,6 +37,7 @@ const STEP_NODES: &[&str] = &[
     "run",
     "uses",
     "image-build",
+    "approve",
     "needs",
     "when",
     "retry",
@@ -282,13 +283,14 @@ impl Parser {
         let mut first_grant: Option<Loc> = None;
         for child in node.children() {
             match child.name() {
-                "run" | "uses" | "image-build" => {
+                "run" | "uses" | "image-build" | "approve" => {
                     if action.is_some() {
                         self.errs.syntax(&child.name_loc(), "a step does one thing", "second action");
                     }
                     action = match child.name() {
                         "run" => self.run(child),
                         "uses" => self.uses(child),
+                        "approve" => self.approve(child),
                         _ => self.image_build(child),
                     };
                 }
@@ -320,7 +322,7 @@ impl Parser {
         let misspelt = node
             .children()
             .iter()
-            .any(|c| !STEP_NODES.contains(&c.name()) || ["run", "uses", "image-build"].contains(&c.name()));
+            .any(|c| !STEP_NODES.contains(&c.name()) || ["run", "uses", "image-build", "approve"].contains(&c.name()));
         let memory = self.memory(node);
         match (&mut action, first_grant, memory) {
             (Some(Action::Plugin(call)), _, _) => {
@@ -365,6 +367,17 @@ impl Parser {
             }
         });
         Some(Action::Run(RunCommand { script: self.template(&script), shell }))
+    }
+
+    /// `approve "Deploy ${git.sha} to production?" timeout="4h"`.
+    fn approve(&mut self, node: Node) -> Option<Action> {
+        self.leaf(node, &["timeout"], 1);
+        let message = node.arg_string("a question for the approver", &mut self.errs)?;
+        let timeout = node.prop("timeout").and_then(|e| node.entry_duration(e, "timeout", &mut self.errs));
+        Some(Action::Approve(Approve {
+            message: self.template(&message),
+            timeout: timeout.map_or(std::time::Duration::from_secs(24 * 3600), |t| t.value),
+        }))
     }
 
     fn retry(&mut self, node: Node) -> Retry {

@@ -1,6 +1,7 @@
 //! The plan: a pipeline model compiled into a petgraph DAG of steps, with matrix
 //! stages expanded and every reference resolved. Knows nothing about tokio.
 
+mod cycles;
 pub mod error;
 mod export;
 mod planner;
@@ -103,7 +104,7 @@ impl Plan {
                 Action::Run(_) => s.container.is_some(),
                 Action::ImageBuild(_) => true,
                 Action::Deploy(d) => matches!(d.instance, crate::lang::model::Instance::Docker { .. }),
-                Action::Plugin(_) => false,
+                Action::Plugin(_) | Action::Approve(_) => false,
             })
     }
 

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use petgraph::Direction;
-use petgraph::algo::{DfsSpace, has_path_connecting, tarjan_scc};
+use petgraph::algo::{DfsSpace, has_path_connecting};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
+use super::cycles::{cycle_error, cycles};
 use super::{Edge, Plan, PlanError, PlannedStep, Role, StageInstance};
 use crate::lang::Loc;
 use crate::lang::error::did_you_mean;
@@ -562,6 +563,7 @@ pub fn templates_mut(step: &mut PlannedStep) -> Vec<(&mut Template, Scope)> {
             out.extend(scoped(Scope::Step, b.tags.iter_mut()));
             out.extend(scoped(Scope::Step, b.args.iter_mut().chain(b.labels.iter_mut()).map(|(_, t)| t)));
         }
+        Action::Approve(a) => out.push((&mut a.message, Scope::Step)),
         Action::Deploy(d) => {
             let (instance, own) = d.templates_mut();
             out.extend(scoped(Scope::Instance, instance.into_iter()));
@@ -574,52 +576,4 @@ pub fn templates_mut(step: &mut PlannedStep) -> Vec<(&mut Template, Scope)> {
     out.extend(step.workdir.as_mut().map(|t| (t, Scope::Step)));
     out.extend(step.container.as_mut().map(|c| (&mut c.image, Scope::Step)));
     out
-}
-
-/// Every cycle in `g`, one per strongly connected component, as a closed path.
-fn cycles<N, E>(g: &DiGraph<N, E>) -> Vec<Vec<NodeIndex>> {
-    let mut out = Vec::new();
-    for scc in tarjan_scc(g) {
-        let start = scc[0];
-        let self_loop = g.find_edge(start, start).is_some();
-        if scc.len() == 1 && !self_loop {
-            continue;
-        }
-        if self_loop {
-            out.push(vec![start, start]);
-            continue;
-        }
-        // Breadth-first inside the component from `start` back to itself.
-        let inside: HashSet<NodeIndex> = scc.iter().copied().collect();
-        let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
-        let mut queue = std::collections::VecDeque::from([start]);
-        'search: while let Some(n) = queue.pop_front() {
-            for next in g.neighbors_directed(n, Direction::Outgoing) {
-                if next == start {
-                    let mut path = vec![n];
-                    let mut cur = n;
-                    while cur != start {
-                        cur = parent[&cur];
-                        path.push(cur);
-                    }
-                    path.reverse();
-                    path.push(start);
-                    out.push(path);
-                    break 'search;
-                }
-                if inside.contains(&next) && !parent.contains_key(&next) {
-                    parent.insert(next, n);
-                    queue.push_back(next);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Edges run from a dependency to its dependent; the message reads the other
-/// way, `a → b` meaning "a needs b", as users write it.
-fn cycle_error(names: &[&str], loc: &Loc) -> PlanError {
-    let path: Vec<&str> = names.iter().rev().copied().collect();
-    PlanError::CircularDependency { path: path.join(" → "), src: loc.src.named(), span: loc.span }
 }

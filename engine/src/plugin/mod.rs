@@ -39,7 +39,7 @@ pub use resolve::{Resolved, builtin_names, resolve};
 use crate::lang::Loc;
 use crate::lang::error::did_you_mean;
 use crate::lang::interp::Template;
-use crate::lang::model::{Action, Grants};
+use crate::lang::model::{Action, Deploy, Grants, Strategy};
 use crate::lang::reader::Spanned;
 use crate::plan::Plan;
 use lockfile::{Lockfile, Pin};
@@ -64,7 +64,7 @@ pub struct Site<'p> {
 }
 
 /// Every place the plan uses a plugin: plugin steps, and deployments' roles
-/// (keyed `<step>#health`, `<step>#traffic`).
+/// (keyed `<step>#health`, `<step>#traffic`, `<step>#analysis`, `<step>#notify-<n>`).
 pub fn sites(plan: &Plan) -> Vec<Site<'_>> {
     let mut out = Vec::new();
     for s in plan.graph.node_weights() {
@@ -77,8 +77,7 @@ pub fn sites(plan: &Plan) -> Vec<Site<'_>> {
                 role: Role::Step,
             }),
             Action::Deploy(d) => {
-                for (role, which, spec) in [(Role::Health, "health", &d.health), (Role::Traffic, "traffic", &d.traffic)]
-                {
+                for (role, which, spec) in deploy_roles(d) {
                     out.push(Site {
                         key: format!("{}#{which}", s.id),
                         uses: &spec.uses,
@@ -91,6 +90,20 @@ pub fn sites(plan: &Plan) -> Vec<Site<'_>> {
             _ => {}
         }
     }
+    out
+}
+
+/// A deployment's plugins: each role, what it is keyed under (`health`,
+/// `traffic`, `analysis`, `notify-0`…), and how the pipeline wrote it.
+pub fn deploy_roles(d: &Deploy) -> Vec<(Role, String, &crate::lang::model::Role)> {
+    let mut out =
+        vec![(Role::Health, "health".to_string(), &d.health), (Role::Traffic, "traffic".to_string(), &d.traffic)];
+    if let Strategy::Canary(c) = &d.strategy
+        && let Some(a) = &c.analysis
+    {
+        out.push((Role::Analysis, "analysis".into(), &a.role));
+    }
+    out.extend(d.notify.iter().enumerate().map(|(i, n)| (Role::Notify, format!("notify-{i}"), &n.role)));
     out
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::RenderError;
+use super::approve::ApproveRun;
 use super::container::{self, ContainerRun};
 use super::executor::Invocation;
 use super::git::GitInfo;
@@ -159,6 +160,19 @@ impl RunContext {
             Action::Plugin(call) => return self.render_plugin(step, call, view, &env, workdir, output_file),
             Action::ImageBuild(build) => return self.render_image_build(step, build, view, &env, output_file),
             Action::Deploy(deploy) => return self.render_deploy(step, deploy, view, &env, output_file),
+            Action::Approve(a) => {
+                let message = self.masker.mask(&a.message.render(|r| self.resolve(r, step, view, &env))?);
+                let run = ApproveRun {
+                    root: self.root.clone(),
+                    pipeline: self.pipeline.clone(),
+                    run_id: self.run_id.clone(),
+                    step: step.id.clone(),
+                    display: format!("approve: {message}"),
+                    message,
+                    timeout: a.timeout,
+                };
+                return Ok(Rendered { display: run.display.clone(), invocation: Invocation::Approve(run) });
+            }
         };
         let script = script.render(|r| self.resolve(r, step, view, &env))?;
         if let Some(spec) = &step.container {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::approve::ApproveRun;
 use super::container::{self, ContainerRun};
 use super::image::{self, ImageBuildRun};
 use super::process::{self, ProcessSpec};
@@ -27,6 +28,7 @@ pub enum Invocation {
     ImageBuild(Box<ImageBuildRun>),
     Plugin(Arc<PluginRun>),
     Deploy(Box<DeployRun>),
+    Approve(ApproveRun),
 }
 
 impl Invocation {
@@ -52,5 +54,6 @@ pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &Cancellati
         Invocation::ImageBuild(spec) => image::run(spec, log, cancel).await,
         Invocation::Plugin(call) => super::plugin::run(call, log, cancel).await,
         Invocation::Deploy(run) => crate::deploy::run(run, log, cancel).await,
+        Invocation::Approve(gate) => super::approve::run(gate, log, cancel).await,
     }
 }

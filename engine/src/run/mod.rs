@@ -2,6 +2,7 @@
 //! ([`executor`]), the run's context (secrets, git, rendering), and the record
 //! writer. Never re-reads KDL: it only sees a [`Plan`].
 
+mod approve;
 mod attempt;
 pub mod container;
 pub mod context;

@@ -9,11 +9,12 @@ use super::RenderError;
 use super::context::{RunContext, View};
 use super::executor::Invocation;
 use crate::deploy::{
-    CommandInstance, DeployRun, DockerInstance, InstanceRun, JournalStore, ProbeRun, RoleRun, SlotRun, VerifyRun,
+    AnalysisRun, CanaryRun, CommandInstance, DeployRun, DockerInstance, InstanceRun, JournalStore, NotifyRun,
+    PreviousRun, ProbeRun, RoleRun, SlotRun, StrategyRun, VerifyRun,
 };
 use crate::docker::docker_name;
 use crate::lang::interp::{RefKind, SlotField, Template};
-use crate::lang::model::{Deploy, Instance, Role, Slot};
+use crate::lang::model::{Deploy, Instance, Role, Slot, Strategy};
 use crate::plan::PlannedStep;
 use crate::plugin::PluginState;
 use crate::state::{StateStore, file_safe};
@@ -64,11 +65,44 @@ impl RunContext {
                 })
             })
             .collect::<Result<Vec<_>, RenderError>>()?;
+        let journal = JournalStore::new(StateStore::open(&self.root, &self.pipeline), &d.name);
+        let strategy = match &d.strategy {
+            Strategy::BlueGreen => StrategyRun::BlueGreen,
+            Strategy::Rolling(r) => StrategyRun::Rolling(*r),
+            Strategy::Canary(c) => StrategyRun::Canary(Box::new(CanaryRun {
+                steps: c.steps.clone(),
+                analysis: c
+                    .analysis
+                    .as_ref()
+                    .map(|a| {
+                        Ok::<_, RenderError>(AnalysisRun {
+                            role: self.role(step, &a.role, "analysis", &own, env)?,
+                            window: a.window,
+                            min_samples: a.min_samples,
+                            on_no_data: a.on_no_data,
+                            metrics: a.metrics.clone(),
+                        })
+                    })
+                    .transpose()?,
+            })),
+        };
+        let notify = d
+            .notify
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Ok(NotifyRun { role: self.role(step, &n.role, &format!("notify-{i}"), &own, env)?, on: n.on.clone() })
+            })
+            .collect::<Result<Vec<_>, RenderError>>()?;
+        let previous = match &d.strategy {
+            Strategy::Rolling(_) => self.previous(step, d, view, env, &journal)?,
+            _ => None,
+        };
         let run = DeployRun {
             pipeline: self.pipeline.clone(),
             name: d.name.clone(),
             step: step.id.clone(),
-            strategy: d.strategy,
+            strategy,
             version: version.clone(),
             run_id: self.run_id.clone(),
             git_sha: self.git.sha.clone(),
@@ -98,7 +132,9 @@ impl RunContext {
                     Ok::<_, RenderError>(ProbeRun { url: own(&p.url)?, rate: p.rate, max_failures: p.max_failures })
                 })
                 .transpose()?,
-            journal: JournalStore::new(StateStore::open(&self.root, &self.pipeline), &d.name),
+            notify,
+            previous,
+            journal,
             root: self.root.clone(),
             logs: format!("pipe logs {}", self.run_id),
             output_file: Some(output_file.to_path_buf()),
@@ -209,6 +245,42 @@ impl RunContext {
 }
 
 impl RunContext {
+    /// The live release's instances, rendered as that release rendered them
+    /// (its git sha, version and recorded step outputs): what a rolling
+    /// rollback starts again. None when nothing is live or it is this version.
+    fn previous(
+        &self,
+        step: &PlannedStep,
+        d: &Deploy,
+        view: &View,
+        env: &BTreeMap<String, String>,
+        journal: &JournalStore,
+    ) -> Result<Option<PreviousRun>, RenderError> {
+        let refused = |reason: String| RenderError { reference: d.name.clone(), reason };
+        let Some(live) = journal.load().map_err(|e| refused(e.to_string()))?.live else { return Ok(None) };
+        let mut instances = BTreeMap::new();
+        for slot in &d.slots {
+            let render = |t: &Template| {
+                t.render(|r| match &r.kind {
+                    RefKind::Slot(SlotField::Name) => Ok(slot.name.clone()),
+                    RefKind::Slot(SlotField::Port) => Ok(slot.port.to_string()),
+                    RefKind::Slot(SlotField::Address) => Ok(format!("127.0.0.1:{}", slot.port)),
+                    RefKind::DeployVersion => Ok(live.version.clone()),
+                    RefKind::GitSha => Ok(live.git_sha.clone()),
+                    RefKind::StepOutput { stage, step: name, key } => {
+                        live.inputs.get(&format!("{stage}.{name}.{key}")).cloned().ok_or_else(|| RenderError {
+                            reference: r.text.clone(),
+                            reason: format!("release {} did not record it", live.version),
+                        })
+                    }
+                    _ => self.resolve(r, step, view, env),
+                })
+            };
+            instances.insert(slot.name.clone(), self.instance(d, slot, &live.version, &render)?);
+        }
+        Ok(Some(PreviousRun { version: live.version, instances }))
+    }
+
     /// The step outputs a deployment read, by reference: recorded with the
     /// release so that it can be deployed again later (a rollback by
     /// redeploy). A value holding a secret is not recorded: state is in clear.

@@ -2,7 +2,7 @@
 //! the per-pipeline key-value state (`state/`), and the lock that keeps two runs
 //! of one pipeline apart (`locks/`). Every write is atomic (write, then rename).
 
-mod atomic;
+pub mod atomic;
 pub mod lock;
 pub mod record;
 pub mod store;

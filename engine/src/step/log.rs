@@ -126,6 +126,14 @@ impl StepLog {
     }
 
     /// A line from the engine itself (attempt markers, timeouts).
+    /// Tells the run's listeners what the step waits for (none: it goes on).
+    pub fn waiting(&self, what: Option<&str>) {
+        self.events.send(crate::event::Event::StepWaiting {
+            step: self.step.to_string(),
+            waiting: what.map(|w| self.masker.mask(w)),
+        });
+    }
+
     pub fn note(&self, text: &str) {
         for (i, line) in text.lines().enumerate() {
             let lead = if i == 0 { "[pipe]" } else { "      " };

@@ -29,6 +29,9 @@ struct Config {
     test: String,
     /// Reloads nginx, e.g. `nginx -s reload`.
     reload: String,
+    /// `ip`: a client stays on one side while weights change (consistent
+    /// hashing of its address, weights respected).
+    sticky: Option<String>,
 }
 
 struct NginxSwitch;
@@ -44,6 +47,7 @@ impl Plugin for NginxSwitch {
             .field(Field::optional("template", "the include's text: {address} and {servers} are filled in"))
             .field(Field::required("test", "command that tests the configuration, e.g. `nginx -t`").kind(FieldKind::Command))
             .field(Field::required("reload", "command that reloads nginx, e.g. `nginx -s reload`").kind(FieldKind::Command))
+            .field(Field::optional("sticky", "`ip`: a client stays on one backend (consistent hash of its address)"))
             .needs(Capability::Write)
             .needs(Capability::Exec)
             .needs(Capability::State)
@@ -116,8 +120,13 @@ fn render(c: &Config, backends: &[Backend]) -> Result<String, String> {
         })
         .collect();
     let header = "# written by pipe (nginx-switch); changes here are overwritten\n";
+    let sticky = match c.sticky.as_deref() {
+        None => "",
+        Some("ip") => "    hash $remote_addr consistent;\n",
+        Some(other) => return Err(format!("sticky=\"{other}\": nginx-switch knows `ip`")),
+    };
     let Some(template) = &c.template else {
-        return Ok(format!("{header}upstream {} {{\n{servers}}}\n", c.upstream));
+        return Ok(format!("{header}upstream {} {{\n{sticky}{servers}}}\n", c.upstream));
     };
     let live: Vec<&Backend> = backends.iter().filter(|b| b.weight > 0).collect();
     if template.contains("{address}") && live.len() != 1 {

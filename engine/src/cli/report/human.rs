@@ -1,7 +1,7 @@
 //! Output for people: each log line prefixed with its step, coloured per step;
 //! on a terminal, a progress line below; a summary table at the end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub struct Human {
     width: usize,
     bar: Option<ProgressBar>,
     running: BTreeSet<String>,
+    /// Steps waiting for a person, and what for.
+    waiting: BTreeMap<String, String>,
 }
 
 const DIM: Style = Style::new().dimmed();
@@ -43,7 +45,13 @@ impl Human {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Human { out: AutoStream::auto(std::io::stdout()), width, bar, running: BTreeSet::new() }
+        Human {
+            out: AutoStream::auto(std::io::stdout()),
+            width,
+            bar,
+            running: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+        }
     }
 
     fn handle(&mut self, e: &Event) {
@@ -83,8 +91,22 @@ impl Human {
                 );
                 self.print(&line);
             }
+            Event::StepWaiting { step, waiting } => {
+                match waiting {
+                    Some(what) => {
+                        let line = format!("{YELLOW}⏸ {step} waits for {what}{YELLOW:#}");
+                        self.print(&line);
+                        self.waiting.insert(step.clone(), what.clone());
+                    }
+                    None => {
+                        self.waiting.remove(step);
+                    }
+                }
+                self.refresh();
+            }
             Event::StepFinished(rec) => {
                 self.running.remove(&rec.id);
+                self.waiting.remove(&rec.id);
                 if let Some(bar) = &self.bar {
                     bar.inc(1);
                 }
@@ -110,7 +132,14 @@ impl Human {
 
     fn refresh(&self) {
         if let Some(bar) = &self.bar {
-            let names: Vec<&str> = self.running.iter().map(String::as_str).collect();
+            let names: Vec<String> = self
+                .running
+                .iter()
+                .map(|s| match self.waiting.get(s) {
+                    Some(what) => format!("{s} (waiting for {what})"),
+                    None => s.clone(),
+                })
+                .collect();
             bar.set_message(names.join(", "));
         }
     }

@@ -1,0 +1,261 @@
+//! What every deployment strategy shares: the journal, written before each
+//! phase is acted on; the phases as the step's log and report show them; the
+//! probe; the outcome.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::journal::{Action, Journal, Pending, Phase};
+use super::probe::Probe;
+use super::{DeployError, DeployRun, PhaseReport, Report, SlotRun, StrategyRun};
+use crate::step::StepLog;
+
+/// Time a stopped instance gets to finish its requests.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) struct Driver<'a> {
+    pub(super) d: &'a DeployRun,
+    pub(super) log: &'a StepLog,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) probe: Option<Probe>,
+    pub(super) report: Report,
+    pub(super) phase_started: Instant,
+    /// Phases of an automatic rollback are reported (and probed) apart.
+    pub(super) rolling_back: bool,
+    /// When the new slot, healthy, was handed to the traffic switch.
+    pub(super) switch_started: Option<Instant>,
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(d: &'a DeployRun, log: &'a StepLog, cancel: &'a CancellationToken) -> Driver<'a> {
+        let report = Report {
+            strategy: d.strategy.name().into(),
+            version: d.version.clone(),
+            outcome: "failed".into(),
+            ..Report::default()
+        };
+        Driver {
+            d,
+            log,
+            cancel,
+            probe: None,
+            report,
+            phase_started: Instant::now(),
+            rolling_back: false,
+            switch_started: None,
+        }
+    }
+
+    pub(super) async fn journal<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Journal) -> T + Send + 'static,
+    ) -> Result<T, DeployError> {
+        let store = self.d.journal.clone();
+        match tokio::task::spawn_blocking(move || store.update(change)).await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(DeployError::Refused(format!("internal error in pipe: {e}"))),
+        }
+    }
+
+    pub(super) fn slot(&self, name: &str) -> Result<&'a SlotRun, DeployError> {
+        self.d.slots.iter().find(|s| s.name == name).ok_or_else(|| {
+            DeployError::Refused(format!("the journal names slot `{name}`, which the deploy no longer has"))
+        })
+    }
+
+    /// Records the phase before acting on it, then checks the probe.
+    pub(super) async fn enter(&mut self, phase: Phase, what: String) -> Result<(), DeployError> {
+        self.enter_as(phase, phase.name().to_string(), what).await
+    }
+
+    /// `enter`, reported under a name of its own (`weight 10`, `batch 2 start`).
+    pub(super) async fn enter_as(&mut self, phase: Phase, label: String, what: String) -> Result<(), DeployError> {
+        self.close_phase();
+        self.journal(move |j| {
+            if let Some(p) = &mut j.pending {
+                p.phase = phase;
+            }
+        })
+        .await?;
+        let name = if self.rolling_back { format!("rollback-{label}") } else { label };
+        if let Some(probe) = &self.probe {
+            probe.phase(&name);
+            if phase.switched() {
+                probe.count_from_here();
+            }
+        }
+        self.log.note(&format!("▸ {name}: {what}"));
+        self.report.phases.push(PhaseReport { phase: name, ms: 0, note: what });
+        self.phase_started = Instant::now();
+        self.check_probe()
+    }
+
+    pub(super) fn close_phase(&mut self) {
+        if let Some(last) = self.report.phases.last_mut() {
+            last.ms = self.phase_started.elapsed().as_millis() as u64;
+        }
+    }
+
+    pub(super) fn note(&mut self, text: String) {
+        self.log.note(&format!("  {text}"));
+        if let Some(last) = self.report.phases.last_mut() {
+            last.note = format!("{}; {text}", last.note);
+        }
+    }
+
+    /// Failures before the switch are the old release's, not the deployment's:
+    /// they are reported, and only failures from the switch on count against
+    /// `max-failures`.
+    pub(super) fn check_probe(&self) -> Result<(), DeployError> {
+        let (Some(probe), Some(spec)) = (&self.probe, &self.d.probe) else { return Ok(()) };
+        let failures = probe.counted_failures();
+        if failures > spec.max_failures {
+            return Err(DeployError::Probe { failures, max: spec.max_failures });
+        }
+        Ok(())
+    }
+
+    pub(super) fn start_probe(&mut self, phase: Phase) {
+        if let (None, Some(spec)) = (&self.probe, &self.d.probe) {
+            match Probe::start(&spec.url, spec.rate, phase.name()) {
+                Ok(p) => self.probe = Some(p),
+                Err(e) => self.log.note(&format!("probe not started: {e}")),
+            }
+        }
+    }
+
+    /// Moves a pending deployment forward from its recorded phase; on
+    /// failure, undoes it (or leaves it to `resume`/`rollback` when cancelled).
+    pub(super) async fn carry(&mut self, pending: Pending) -> Result<(), DeployError> {
+        self.report.version = pending.to.version.clone();
+        self.report.slot = pending.to.slots.join(", ");
+        self.report.from = pending.from.as_ref().map(|f| f.slots.join(", "));
+        // Something serves already: probe it from the start.
+        if pending.from.is_some() {
+            self.start_probe(pending.phase);
+        }
+        let forward = match &self.d.strategy {
+            StrategyRun::Rolling(r) => self.roll(&pending, *r).await,
+            _ => self.forward(&pending).await,
+        };
+        match forward {
+            Ok(()) => {
+                let (kind, what) = match pending.action {
+                    Action::Deploy => ("succeeded", "is live"),
+                    Action::Rollback => ("rolled-back", "is live again"),
+                };
+                let live = self.journal(|j| j.live.clone()).await?;
+                let place = live.map(|l| l.place()).unwrap_or_default();
+                self.notify(kind, format!("{} {what} in {place}", pending.to.version), self.numbers()).await;
+                Ok(())
+            }
+            Err(DeployError::Cancelled) => {
+                self.report.outcome = "interrupted".into();
+                self.log.note("interrupted: the journal keeps the phase; `pipe deploy resume` or `rollback` ends it");
+                Err(DeployError::Cancelled)
+            }
+            Err(e) => {
+                // The journal knows how far it got (phase, batch, canary step).
+                let pending = self.journal(|j| j.pending.clone()).await?.unwrap_or(pending);
+                let reason = format!("{} failed: {e}", pending.phase.name());
+                let failed = match pending.action {
+                    Action::Deploy => match self.undo(pending, reason.clone()).await {
+                        Ok(done) => Err(DeployError::Refused(format!("{reason}; {done}"))),
+                        Err(e) => Err(e),
+                    },
+                    // A rollback that fails leaves traffic where it is.
+                    Action::Rollback => {
+                        self.journal(move |j| j.pending = None).await?;
+                        Err(DeployError::Refused(format!(
+                            "the rollback failed ({reason}); traffic was left where it was"
+                        )))
+                    }
+                };
+                let kind = if self.report.outcome == "rolled-back" { "rolled-back" } else { "failed" };
+                let message = failed.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+                self.notify(kind, message, self.numbers()).await;
+                failed
+            }
+        }
+    }
+
+    /// Undoes a failed or abandoned deployment; says what it did.
+    pub(super) async fn undo(&mut self, p: Pending, reason: String) -> Result<String, DeployError> {
+        match &self.d.strategy {
+            StrategyRun::Rolling(r) => self.roll_back(p, *r, reason).await,
+            _ => self.switch_back(p, reason).await,
+        }
+    }
+
+    /// The process group the journal recorded for a slot's `command` instance.
+    pub(super) async fn group(&self, slot: &str) -> Result<Option<i32>, DeployError> {
+        let slot = slot.to_string();
+        self.journal(move |j| j.groups.get(&slot).copied()).await
+    }
+
+    /// Waits until `slot` has no connection left (or the drain time is over).
+    pub(super) async fn drain(&mut self, slot: &SlotRun) -> Result<(), DeployError> {
+        let drained = tokio::select! {
+            d = super::drain::drain(slot.port, self.d.drain) => d,
+            () = self.cancel.cancelled() => return Err(DeployError::Cancelled),
+        };
+        let note = match drained.left {
+            0 => format!("slot {} drained in {}", slot.name, super::instance::fmt(drained.waited)),
+            n => format!(
+                "slot {}: {n} connection(s) still open after {}; stopping gracefully",
+                slot.name,
+                super::instance::fmt(drained.waited)
+            ),
+        };
+        self.note(note);
+        self.check_probe()
+    }
+
+    /// `deploy.<name>/live-slot`, `live-version`, `live-port`, `live-addresses`:
+    /// facts other steps read as `${state.deploy.<name>/live-port}`.
+    pub(super) async fn write_facts(&self) -> Result<(), DeployError> {
+        let store = self.d.journal.store().clone();
+        let ns = format!("deploy.{}", self.d.name);
+        let live = self.journal(|j| j.live.clone()).await?;
+        let Some(live) = live else { return Ok(()) };
+        let slots: Vec<&SlotRun> = live.slots.iter().filter_map(|s| self.slot(s).ok()).collect();
+        let port = slots.first().map(|s| s.port.to_string()).unwrap_or_default();
+        let addresses = slots.iter().map(|s| s.address()).collect::<Vec<_>>().join(",");
+        let write = move || {
+            store.update(|m| {
+                m.insert(format!("{ns}/live-slot"), live.slots.join(","));
+                m.insert(format!("{ns}/live-version"), live.version.clone());
+                m.insert(format!("{ns}/live-port"), port);
+                m.insert(format!("{ns}/live-addresses"), addresses);
+            })
+        };
+        tokio::task::spawn_blocking(write).await.map_err(|e| DeployError::Refused(e.to_string()))??;
+        Ok(())
+    }
+
+    /// What a notification carries besides its message.
+    pub(super) fn numbers(&self) -> Vec<(String, String)> {
+        let mut out = vec![("slots".to_string(), self.report.slot.clone())];
+        if let Some(v) = self.report.verdicts.last() {
+            out.push(("last verdict".into(), format!("{}: {}", v.outcome, v.reason)));
+        }
+        if let Some(r) = &self.report.reason {
+            out.push(("reason".into(), r.clone()));
+        }
+        out
+    }
+
+    pub(super) async fn finish(mut self, result: Result<(), DeployError>) -> (Result<(), DeployError>, Report) {
+        self.close_phase();
+        if let Some(probe) = self.probe.take() {
+            let spec = self.d.probe.as_ref();
+            let report = probe.finish(spec.map_or("", |s| s.url.as_str()), spec.map_or(0, |s| s.rate)).await;
+            self.report.probe = Some(report);
+        }
+        if result.is_err() && self.report.reason.is_none() {
+            self.report.reason = result.as_ref().err().map(|e| e.to_string());
+        }
+        (result, self.report)
+    }
+}
