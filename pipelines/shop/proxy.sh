@@ -1,7 +1,9 @@
 #!/bin/sh
 # Starts the example's proxy under its own prefix on loopback ports, once:
 #   proxy.sh nginx DIR PORT BLUE GREEN         nginx, upstream `shop` in DIR/shop.inc
-#   proxy.sh haproxy DIR PORT BLUE GREEN ADMIN  HAProxy, backend `shop`, runtime API on ADMIN
+#   proxy.sh haproxy DIR PORT BLUE GREEN ADMIN [MORE…]
+#                                               HAProxy, backend `shop` (servers on BLUE, GREEN
+#                                               and MORE ports), runtime API on ADMIN
 #   proxy.sh stop DIR                           stops whichever runs in DIR
 # The proxy daemonizes: it outlives the step that starts it. A step's process
 # group is stopped when the step ends, so the script returns only once the
@@ -28,7 +30,9 @@ error_log $dir/logs/error.log;
 pid $dir/nginx.pid;
 events { worker_connections 1024; }
 http {
-    access_log off;
+    # The format the nginx-log analysis reads: when, which upstream, status, time.
+    log_format pipe '\$msec \$upstream_addr \$status \$request_time';
+    access_log $dir/logs/access.log pipe;
     client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp; fastcgi_temp_path $dir/tmp;
     uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;
     include $dir/shop.inc;
@@ -48,6 +52,13 @@ CONF
     ;;
 haproxy)
     port=$3 blue=$4 green=$5 admin=$6
+    shift 6
+    # One server per slot, named after its port, in maintenance until routed.
+    servers=""
+    for p in "$blue" "$green" "$@"; do
+        servers="$servers    server s$p 127.0.0.1:$p check inter 500ms disabled
+"
+    done
     if [ -f "$dir/haproxy.pid" ] && alive "$(cat "$dir/haproxy.pid")"; then
         echo "haproxy already runs on 127.0.0.1:$port"; exit 0
     fi
@@ -58,8 +69,10 @@ global
 defaults
     mode http
     option http-keep-alive
+    # A backend that dies mid-request: retry elsewhere (GETs are safe to retry).
     retries 3
     option redispatch
+    retry-on all-retryable-errors
     timeout connect 2s
     timeout client 30s
     timeout server 30s
@@ -70,8 +83,7 @@ frontend public
     default_backend shop
 backend shop
     option httpchk GET /health
-    server blue 127.0.0.1:$blue check inter 500ms disabled
-    server green 127.0.0.1:$green check inter 500ms disabled
+$servers
 CONF
     rm -f "$dir/haproxy.pid"
     haproxy -f "$dir/haproxy.cfg" -D

@@ -23,10 +23,11 @@ fn every_example_pipeline_passes_check() {
 }
 
 /// The README's first command: the shop journey (build, test, image, v1, then
-/// v2 blue-green under the probe) behind nginx, and the same behind HAProxy,
-/// each in a copy of `pipelines/`, torn down afterwards whatever happens.
+/// v2 blue-green under the probe) behind nginx, the same behind HAProxy, and
+/// the progressive one (a canary behind nginx, a rolling fleet behind
+/// HAProxy), each in a copy of `pipelines/`, torn down afterwards whatever happens.
 #[test]
-fn the_shop_journey_runs_behind_nginx_and_haproxy() {
+fn the_shop_journeys_run_behind_nginx_and_haproxy() {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let test = crate::support::Test::new();
     let copy = std::process::Command::new("cp").arg("-r").arg(root.join("pipelines")).arg(test.path()).status();
@@ -34,8 +35,19 @@ fn the_shop_journey_runs_behind_nginx_and_haproxy() {
     struct Teardown<'a>(&'a crate::support::Test);
     impl Drop for Teardown<'_> {
         fn drop(&mut self) {
-            for (pipeline, proxy) in [("shop", "target/shop/nginx"), ("shop-haproxy", "target/shop-haproxy/haproxy")] {
-                let _ = self.0.pipe(&["deploy", "stop", pipeline], &[]);
+            for deploy in
+                [&["shop"][..], &["shop-haproxy"], &["shop-progressive", "canary"], &["shop-progressive", "fleet"]]
+            {
+                let args: Vec<&str> = ["deploy", "stop"].iter().chain(deploy).copied().collect();
+                let _ = self.0.pipe(&args, &[]);
+            }
+            let proxies = [
+                "target/shop/nginx",
+                "target/shop-haproxy/haproxy",
+                "target/shop-progressive/nginx",
+                "target/shop-progressive/haproxy",
+            ];
+            for proxy in proxies {
                 let dir = self.0.path().join(proxy);
                 let _ = std::process::Command::new("pipelines/shop/proxy.sh")
                     .arg("stop")
@@ -45,8 +57,18 @@ fn the_shop_journey_runs_behind_nginx_and_haproxy() {
             }
             let rt = crate::support::docker::runtime();
             let docker = crate::support::docker::docker(&rt);
-            let options = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
-            let _ = rt.block_on(docker.remove_image("pipe-shop:latest", Some(options), None));
+            // Every build of the example, the tagged one and those a later build untagged.
+            let filters =
+                std::collections::HashMap::from([("label".to_string(), vec!["pipe.example=shop".to_string()])]);
+            let list = bollard::query_parameters::ListImagesOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            };
+            for image in rt.block_on(docker.list_images(Some(list))).unwrap_or_default() {
+                let options = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
+                let _ = rt.block_on(docker.remove_image(&image.id, Some(options), None));
+            }
         }
     }
     let _teardown = Teardown(&test);
@@ -58,6 +80,26 @@ fn the_shop_journey_runs_behind_nginx_and_haproxy() {
         assert_eq!(v2["details"]["outcome"], "deployed", "{v2:#}");
         assert_eq!(v2["details"]["probe"]["total"]["non_2xx"], 0, "{v2:#}");
         assert_eq!(v2["details"]["probe"]["total"]["transport_errors"], 0, "{v2:#}");
+        assert_eq!(crate::support::servers::get(port, "/version").as_deref().map(str::trim), Ok("v2"));
+    }
+    let out = test.pipe(&["run", "shop-progressive"], &[]);
+    assert_eq!(out.code, 0, "shop-progressive:\n{}\n{}", out.stdout, out.stderr);
+    let record = out.record();
+    let step = |id: &str| record["steps"].as_array().and_then(|s| s.iter().find(|s| s["id"] == id)).cloned();
+    let canary = step("canary-v2.canary").expect("canary-v2");
+    assert_eq!(canary["details"]["outcome"], "deployed", "{canary:#}");
+    assert!(
+        canary["details"]["verdicts"]
+            .as_array()
+            .is_some_and(|v| v.len() == 2 && v.iter().all(|v| v["outcome"] == "pass"))
+    );
+    let fleet = step("fleet-v2.fleet").expect("fleet-v2");
+    assert_eq!(fleet["details"]["outcome"], "deployed", "{fleet:#}");
+    for d in [&canary, &fleet] {
+        assert_eq!(d["details"]["probe"]["total"]["non_2xx"], 0, "{d:#}");
+        assert_eq!(d["details"]["probe"]["total"]["transport_errors"], 0, "{d:#}");
+    }
+    for port in [18180, 18190] {
         assert_eq!(crate::support::servers::get(port, "/version").as_deref().map(str::trim), Ok("v2"));
     }
 }

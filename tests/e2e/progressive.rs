@@ -316,3 +316,52 @@ fn old_instance_pid(repo: &Repo, version: &str) -> i32 {
     assert!(pid > 0);
     pid as i32
 }
+
+#[test]
+fn a_rolling_deploy_failing_in_its_second_batch_rolls_the_first_back_under_load() {
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let servers: Vec<(String, u16)> = ports.iter().enumerate().map(|(i, p)| (format!("s{}", i + 1), *p)).collect();
+    let named: Vec<(&str, u16)> = servers.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    let haproxy = Haproxy::start(&named);
+    let name = format!("rollback{}", ports[0]);
+    let slots: String = ports.iter().enumerate().map(|(i, p)| format!("slot \"{}\" port={p}; ", i + 1)).collect();
+    // v2 is sick in slot 1 only: the second batch (slot 1, after slot 5) fails its health check.
+    let start = format!(
+        "#!/bin/sh\nif [ \"$VERSION\" = v2 ] && [ \"$SLOT\" = 1 ]; then export HEALTH=fail; fi\nexec {}\n",
+        shop_app().display()
+    );
+    let test = Test::new().file("start.sh", &start).pipeline(&format!(
+        r#"
+pipeline "{name}" {{
+    stage "release" {{
+        deploy "web" strategy="rolling" version="${{env.V}}" {{
+            instance "command" start="sh start.sh"
+            slots {{ {slots}}}
+            replicas 4
+            health "http-check" path="/health" attempts=5 interval="100ms"
+            traffic "haproxy-switch" socket="127.0.0.1:{admin}" backend="app"
+            drain "10s"
+        }}
+    }}
+}}
+"#,
+        admin = haproxy.admin
+    ));
+    let repo = Repo::new(test, name, "web");
+    assert_eq!(pipe(&repo, &["run"], "v1", "0").code, 0);
+
+    let load = Timeline::start(haproxy.port, 100, 60);
+    let out = pipe(&repo, &["run"], "v2", "0");
+    let requests = load.finish();
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let why = reason(&out);
+    assert!(why.contains("health failed") && why.contains("rolled back to v1"), "{why}");
+    assert!(out.stdout.contains("▸ rollback-batch 1 start: starting v1"), "{}", out.stdout);
+    assert_eq!(details(&out)["outcome"], "rolled-back");
+    let versions: Vec<String> = (0..8).map(|_| served(haproxy.port)).collect();
+    assert!(versions.iter().all(|v| v == "v1"), "{versions:?}");
+    assert_eq!(failed(&requests), 0, "{} of {} requests failed", failed(&requests), requests.len());
+    let status = pipe(&repo, &["deploy", "status"], "v1", "0");
+    assert!(status.stdout.contains("live        v1 in slots") && status.stdout.contains("in progress nothing"));
+    eprintln!("rolling rollback after batch 1: {} requests, 0 failed", requests.len());
+}
