@@ -14,6 +14,7 @@ pub mod event;
 pub mod lang;
 pub mod plan;
 pub mod plugin;
+pub mod report;
 pub mod run;
 pub mod state;
 pub mod step;

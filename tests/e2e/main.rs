@@ -11,6 +11,7 @@ mod examples;
 mod plugins;
 mod progressive;
 mod records;
+mod report;
 mod sandbox;
 mod scheduling;
 mod secrets;

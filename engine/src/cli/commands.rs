@@ -33,10 +33,46 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
         Command::Gc => gc(),
+        Command::Report { run, open } => report(&root, &run, open),
         Command::Approve(gate) => decide(root, gate, true, None),
         Command::Abort { gate, reason } => decide(root, gate, false, reason),
         Command::Deploy(command) => super::deploy_cmd::dispatch(root, file, command),
     }
+}
+
+/// `pipe report`: the run's page, written again if it is missing (a run
+/// recorded before reports existed, or one cut off before it ended).
+fn report(root: &std::path::Path, run: &str, open: bool) -> u8 {
+    let record = match crate::state::RunRecord::find(root, run) {
+        Ok(r) => r.settle(),
+        Err(e) => {
+            super::diagnostics::eprint(&e);
+            return exit::FAILED;
+        }
+    };
+    let path = crate::report::path(root, &record.id);
+    let path = if path.exists() && record.status != crate::state::RunStatus::Running {
+        path
+    } else {
+        match crate::report::write(root, &record) {
+            Ok(p) => p,
+            Err(e) => {
+                super::diagnostics::eprint(&e);
+                return exit::FAILED;
+            }
+        }
+    };
+    println!("{}", path.display());
+    if open {
+        match std::process::Command::new("xdg-open").arg(&path).status() {
+            Ok(s) if s.success() => {}
+            _ => {
+                eprintln!("error: could not open it (xdg-open); open the path above in a browser");
+                return exit::FAILED;
+            }
+        }
+    }
+    exit::OK
 }
 
 /// `pipe approve` / `pipe abort`: the decision, for the waiting run to read.

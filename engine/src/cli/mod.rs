@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::plan::GraphFormat;
 pub use diagnostics::render;
+pub use report::duration;
 
 /// Exit codes, in one place.
 pub mod exit {
@@ -98,6 +99,15 @@ pub enum Command {
         /// Why, for the run's log.
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Where a run's HTML report is (timeline, graph, logs); `--open` opens it.
+    Report {
+        /// A run id, or `last` (the default).
+        #[arg(default_value = "last")]
+        run: String,
+        /// Open it in the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
     },
     /// Remove containers and networks left behind by runs that died.
     Gc,

@@ -88,6 +88,21 @@ pub enum Edge {
 }
 
 impl Plan {
+    /// Every edge, by step id, as run records keep them.
+    pub fn edges(&self) -> Vec<crate::state::GraphEdge> {
+        self.graph
+            .edge_indices()
+            .filter_map(|e| {
+                let (a, b) = self.graph.edge_endpoints(e)?;
+                Some(crate::state::GraphEdge {
+                    from: self.graph[a].id.clone(),
+                    to: self.graph[b].id.clone(),
+                    after: self.graph[e] == Edge::After,
+                })
+            })
+            .collect()
+    }
+
     pub fn step(&self, ix: NodeIndex) -> &PlannedStep {
         &self.graph[ix]
     }

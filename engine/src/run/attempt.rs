@@ -35,10 +35,13 @@ pub struct Finished {
     pub tail: Vec<String>,
     /// The step kind's report, whatever the outcome (a deployment's phases).
     pub details: Option<serde_json::Value>,
+    /// When each attempt ran.
+    pub spans: Vec<(Instant, Instant)>,
 }
 
 pub async fn run(job: Job) -> Finished {
     let started = Instant::now();
+    let mut spans = Vec::new();
     let mut attempt = 0;
     let (status, exit, reason, outputs) = loop {
         attempt += 1;
@@ -50,7 +53,9 @@ pub async fn run(job: Job) -> Finished {
             let reason = format!("cannot create {}: {e}", job.output_file.display());
             break (Status::Failed, None, Some(reason), BTreeMap::new());
         }
+        let began = Instant::now();
         let (exit, timed_out) = attempt_once(&job).await;
+        spans.push((began, Instant::now()));
         if exit.success() {
             match read_outputs(&job.output_file) {
                 Ok(out) => break (Status::Succeeded, exit.code(), None, out),
@@ -100,6 +105,7 @@ pub async fn run(job: Job) -> Finished {
         reason,
         tail: job.log.finish(),
         details,
+        spans,
     }
 }
 

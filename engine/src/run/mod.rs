@@ -86,6 +86,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         duration_ms: 0,
         pid: std::process::id(),
         steps: plan.graph.node_weights().map(|s| StepRecord::pending(&s.id)).collect(),
+        edges: plan.edges(),
     };
     for dir in ["outputs", "logs"] {
         let dir = ctx.run_dir.join(dir);

@@ -1,5 +1,6 @@
 //! The run record as a subscriber of the run's events: `run.json` is written
-//! when the run starts (every step pending) and when it finishes.
+//! when the run starts (every step pending) and when it finishes, with the
+//! run's HTML report beside it.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,11 @@ impl Subscriber for RecordWriter {
             // The run goes on (or has ended); its record is what is lost, and people must know.
             eprintln!("error: {e}");
             tracing::error!(error = %e, "cannot save the run record");
+        }
+        if let Event::RunFinished(run) = event
+            && let Err(e) = crate::report::write(&self.root, run)
+        {
+            eprintln!("error: cannot write the run report: {e}");
         }
     }
 }

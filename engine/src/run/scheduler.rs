@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
@@ -18,7 +19,7 @@ use crate::event::{Event, Events};
 use crate::lang::model::Trigger;
 use crate::plan::{Edge, Plan, Role};
 use crate::state::record::log_path;
-use crate::state::{RunStatus, Status, StepRecord, file_safe};
+use crate::state::{RunStatus, Status, StepRecord, Timing, file_safe};
 use crate::step::StepLog;
 
 pub struct Scheduler<'p> {
@@ -37,6 +38,10 @@ pub struct Scheduler<'p> {
     /// Cancels main steps (fail-fast, first Ctrl-C).
     cancel: CancellationToken,
     /// Cancels hooks too (a second Ctrl-C).
+    /// When the run (and so its timeline) began.
+    started: Instant,
+    /// When each step became runnable.
+    ready_at: Vec<Option<Instant>>,
     cancel_all: CancellationToken,
 }
 
@@ -62,6 +67,8 @@ impl<'p> Scheduler<'p> {
             records,
             reuse: HashMap::new(),
             remaining,
+            started: Instant::now(),
+            ready_at: vec![None; plan.len()],
             aborting: false,
             interrupted: false,
             cancel: cancel_all.child_token(),
@@ -84,7 +91,10 @@ impl<'p> Scheduler<'p> {
         loop {
             while let Some(n) = ready.pop_front() {
                 match self.decide(n) {
-                    Decision::Run => runnable.push_back(n),
+                    Decision::Run => {
+                        self.ready_at[n.index()] = Some(Instant::now());
+                        runnable.push_back(n)
+                    }
                     Decision::Skip(reason) => self.skip(n, reason, &mut ready),
                     Decision::Reuse(rec) => {
                         self.outputs[n.index()] = rec.outputs.clone();
@@ -233,10 +243,18 @@ impl<'p> Scheduler<'p> {
             tail: if done.status == Status::Failed { done.tail } else { Vec::new() },
             command: self.records[n.index()].command.take(),
             details: done.details.map(|d| mask_json(d, masker)),
+            timing: Some(Timing {
+                ready_ms: self.ready_at[n.index()].map_or(0, |at| self.since_start(at)),
+                attempts: done.spans.iter().map(|(a, b)| [self.since_start(*a), self.since_start(*b)]).collect(),
+            }),
         };
         // Later steps read the outputs as written; the record keeps masked ones.
         self.outputs[n.index()] = done.outputs;
         self.finish(n, rec, ready);
+    }
+
+    fn since_start(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     fn fail_before_start(&mut self, n: NodeIndex, reason: String, ready: &mut VecDeque<NodeIndex>) {
@@ -251,7 +269,9 @@ impl<'p> Scheduler<'p> {
     }
 
     fn skip(&mut self, n: NodeIndex, reason: String, ready: &mut VecDeque<NodeIndex>) {
-        let rec = StepRecord { status: Status::Skipped, reason: Some(reason), ..self.records[n.index()].clone() };
+        let timing = Some(Timing { ready_ms: self.since_start(Instant::now()), attempts: Vec::new() });
+        let rec =
+            StepRecord { status: Status::Skipped, reason: Some(reason), timing, ..self.records[n.index()].clone() };
         self.finish(n, rec, ready);
     }
 

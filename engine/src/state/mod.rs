@@ -14,7 +14,7 @@ use thiserror::Error;
 
 pub use atomic::write_atomic;
 pub use lock::RunLock;
-pub use record::{RunRecord, RunStatus, Status, StepRecord};
+pub use record::{GraphEdge, RunRecord, RunStatus, Status, StepRecord, Timing};
 pub use store::{StateLock, StateStore};
 
 #[derive(Debug, Error, Diagnostic)]

@@ -76,6 +76,27 @@ pub struct RunRecord {
     pub duration_ms: u64,
     pub pid: u32,
     pub steps: Vec<StepRecord>,
+    /// The plan's edges, `[from, to]`: `to` needs `from` (or, with `after`,
+    /// runs after it whatever its outcome). What the report draws.
+    #[serde(default)]
+    pub edges: Vec<GraphEdge>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GraphEdge {
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after: bool,
+}
+
+/// When a step could start and when it ran, in milliseconds after the run started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timing {
+    /// Everything it needs was done (it may then wait for a free job slot).
+    pub ready_ms: u64,
+    /// Each attempt's start and end.
+    pub attempts: Vec<[u64; 2]>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +124,8 @@ pub struct StepRecord {
     /// its probe's numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
 }
 
 impl StepRecord {
@@ -119,6 +142,7 @@ impl StepRecord {
             tail: Vec::new(),
             command: None,
             details: None,
+            timing: None,
         }
     }
 
