@@ -33,7 +33,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
         Command::Gc => gc(),
-        Command::Report { run, open } => report(&root, &run, open),
+        Command::Report { run, open } => report(root, &run, open),
         Command::Approve(gate) => decide(root, gate, true, None),
         Command::Abort { gate, reason } => decide(root, gate, false, reason),
         Command::Deploy(command) => super::deploy_cmd::dispatch(root, file, command),

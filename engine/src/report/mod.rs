@@ -57,11 +57,11 @@ pub fn render(run: &RunRecord, logs: impl Fn(&str) -> Option<String>) -> String 
          <title>{}</title><style>{STYLE}</style></head><body>\n",
         esc(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<header><h1>{} <span class=\"badge {}\">{}</span></h1>\
          <p>run <code>{}</code> · {} · {} steps: {} succeeded{}, {} failed, {} skipped, {} cancelled\
-         {} · started {}</p></header>\n",
+         {} · started {}</p></header>",
         esc(&run.pipeline),
         run.status.as_str(),
         run.status.as_str(),
@@ -90,7 +90,7 @@ pub fn render(run: &RunRecord, logs: impl Fn(&str) -> Option<String>) -> String 
         step_block(&mut h, step, logs(&step.id));
     }
     h.push_str("</section>\n");
-    let _ = write!(h, "<script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(h, "<script>{SCRIPT}</script></body></html>");
     h
 }
 
