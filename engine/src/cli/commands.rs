@@ -33,10 +33,33 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
         Command::Gc => gc(),
+        Command::Cache { action } => cache(root, action),
         Command::Report { run, open } => report(root, &run, open),
         Command::Approve(gate) => decide(root, gate, true, None),
         Command::Abort { gate, reason } => decide(root, gate, false, reason),
         Command::Deploy(command) => super::deploy_cmd::dispatch(root, file, command),
+    }
+}
+
+/// `pipe cache [clear]`.
+fn cache(root: &std::path::Path, action: Option<super::CacheAction>) -> u8 {
+    let store = crate::run::cache::StepCache::open(root);
+    match action {
+        Some(super::CacheAction::Clear) => match store.clear() {
+            Ok(()) => {
+                println!("the step cache is empty");
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: cannot clear the step cache: {e}");
+                exit::FAILED
+            }
+        },
+        None => {
+            let (entries, bytes) = store.usage();
+            println!("{entries} entries, {} in .pipe/cache", bytesize::ByteSize::b(bytes));
+            exit::OK
+        }
     }
 }
 
@@ -141,7 +164,14 @@ fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
         }
     };
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let opts = RunOptions { root: root.to_path_buf(), file: loaded.file.clone(), jobs, wait: args.wait, rerun };
+    let opts = RunOptions {
+        root: root.to_path_buf(),
+        file: loaded.file.clone(),
+        jobs,
+        wait: args.wait,
+        rerun,
+        no_cache: args.no_cache,
+    };
     let runtime = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

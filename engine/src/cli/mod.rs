@@ -109,6 +109,11 @@ pub enum Command {
         #[arg(long)]
         open: bool,
     },
+    /// The step cache: its size, or `clear` to empty it.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+    },
     /// Remove containers and networks left behind by runs that died.
     Gc,
     /// See and steer deployments: status, resume, rollback, history.
@@ -146,8 +151,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub wait: bool,
 
+    /// Run every step, ignoring the step cache (and storing nothing in it).
+    #[arg(long)]
+    pub no_cache: bool,
+
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Remove every entry.
+    Clear,
 }
 
 #[derive(Debug, Args)]

@@ -83,6 +83,7 @@ impl Parser {
             env: Env::default(),
             container: None,
             workdir: None,
+            cache: None,
         };
         let mut p = Parts::default();
         let (mut drain, mut keep_previous) = (Duration::from_secs(30), Duration::ZERO);

@@ -11,6 +11,7 @@ pub mod interp;
 pub mod model;
 mod nesting;
 mod parser;
+mod paths;
 mod plugin_step;
 pub mod reader;
 pub mod source;

@@ -175,6 +175,19 @@ pub struct Step {
     pub env: Env,
     pub container: Option<ContainerSpec>,
     pub workdir: Option<Template>,
+    pub cache: Option<Cache>,
+}
+
+/// `cache { inputs "src/**" "Cargo.lock"; outputs "target/app" }`: a step
+/// whose inputs, command, env, image and plugin did not change is not run
+/// again; its outputs (files and step outputs) are restored instead. Paths are
+/// relative to the pipeline file's directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    /// Globs of the files the step reads (`../shared/**` reaches outside).
+    pub inputs: Vec<Spanned<String>>,
+    /// Files or directories the step writes, inside the pipeline's directory.
+    pub outputs: Vec<Spanned<String>>,
 }
 
 /// What a step does. The scheduler dispatches on this once; later kinds

@@ -53,6 +53,7 @@ const STEP_NODES: &[&str] = &[
     "allow-env",
     "allow-connect",
     "allow-state",
+    "cache",
 ];
 const RESERVED_STAGE_NAMES: &[&str] = &["on-success", "on-failure", "always"];
 
@@ -274,6 +275,7 @@ impl Parser {
             env: Env::default(),
             container: None,
             workdir: None,
+            cache: None,
         };
         if let Some(e) = node.prop("needs") {
             step.needs.extend(node.entry_string(e, "needs", &mut self.errs));
@@ -310,6 +312,7 @@ impl Parser {
                     };
                 }
                 "env" => self.env_block(child, &mut step.env),
+                "cache" => step.cache = self.cache(child),
                 "container" => self.container_once(child, &mut step.container),
                 "workdir" => {
                     self.leaf(child, &[], 1);
@@ -337,6 +340,13 @@ impl Parser {
                 self.errs.invalid(&at, "memory", "only plugin steps (`uses`) take a memory limit", None)
             }
             _ => {}
+        }
+        if let (Some(_), Some(a)) = (&step.cache, &action)
+            && !matches!(a, Action::Run(_) | Action::Plugin(_))
+            && let Some(c) = node.children().into_iter().find(|c| c.name() == "cache")
+        {
+            let help = Some("a step's result can be reused for `run` and `uses` steps".to_string());
+            self.errs.invalid(&c.name_loc(), "cache", "this step kind is never cached", help);
         }
         match action {
             Some(a) => step.action = a,

@@ -62,6 +62,7 @@ pub struct PlannedStep {
     pub container: Option<ContainerSpec>,
     /// Where that container runs: the local engine or a swarm.
     pub executor: Executor,
+    pub cache: Option<crate::lang::model::Cache>,
     pub loc: Loc,
 }
 

@@ -222,7 +222,7 @@ fn label_of(s: &StepRecord) -> &'static str {
     }
 }
 
-pub(crate) fn is_cached(s: &StepRecord) -> bool {
+pub fn is_cached(s: &StepRecord) -> bool {
     s.details.as_ref().is_some_and(|d| d.get("cache").is_some_and(|c| c["hit"] == true))
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::cache::CacheJob;
 use super::executor::{Invocation, execute};
 use crate::event::{Event, Events};
 use crate::lang::model::Retry;
@@ -23,6 +24,7 @@ pub struct Job {
     pub log: StepLog,
     pub events: Events,
     pub cancel: CancellationToken,
+    pub cache: Option<CacheJob>,
 }
 
 pub struct Finished {
@@ -41,6 +43,21 @@ pub struct Finished {
 
 pub async fn run(job: Job) -> Finished {
     let started = Instant::now();
+    let key = match &job.cache {
+        Some(c) => match c.key(&job.step, &job.invocation).await {
+            Ok(key) => Some(key),
+            Err(why) => {
+                job.log.note(&format!("not cached: {why}"));
+                None
+            }
+        },
+        None => None,
+    };
+    if let (Some(c), Some(k)) = (&job.cache, &key)
+        && let Some(hit) = from_cache(&job, c, k, started).await
+    {
+        return hit;
+    }
     let mut spans = Vec::new();
     let mut attempt = 0;
     let (status, exit, reason, outputs) = loop {
@@ -94,8 +111,27 @@ pub async fn run(job: Job) -> Finished {
     }
     let _ = std::fs::remove_file(&job.output_file);
     let details_file = outputs::details_path(&job.output_file);
-    let details = std::fs::read(&details_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut details: Option<serde_json::Value> =
+        std::fs::read(&details_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let _ = std::fs::remove_file(&details_file);
+    if let (Some(c), Some(k)) = (&job.cache, key) {
+        let stored = if status == Status::Succeeded {
+            let (c2, k2, step, out, took) =
+                (c.clone(), k.clone(), job.step.clone(), outputs.clone(), started.elapsed());
+            let put = move || c2.store.store(&k2, &step, &c2.spec, &c2.dir, &out, took);
+            match tokio::task::spawn_blocking(put).await.unwrap_or_else(|e| Err(e.to_string())) {
+                Ok(()) => true,
+                Err(why) => {
+                    job.log.note(&format!("not cached: {why}"));
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        let info = serde_json::json!({ "hit": false, "key": k, "stored": stored });
+        details = Some(with_cache(details, info));
+    }
     Finished {
         status,
         exit_code: exit,
@@ -106,6 +142,44 @@ pub async fn run(job: Job) -> Finished {
         tail: job.log.finish(),
         details,
         spans,
+    }
+}
+
+/// A hit: the entry's files restored, its outputs given back, nothing run.
+/// A restore that fails is a miss (the step runs).
+async fn from_cache(job: &Job, c: &CacheJob, key: &str, started: Instant) -> Option<Finished> {
+    let (c2, k2) = (c.clone(), key.to_string());
+    let entry = tokio::task::spawn_blocking(move || {
+        let entry = c2.store.lookup(&k2)?;
+        c2.store.restore(&k2, &entry, &c2.dir).ok()?;
+        Some(entry)
+    })
+    .await
+    .ok()??;
+    job.events.send(Event::StepStarted { step: job.step.clone(), attempt: 1, command: job.display.clone() });
+    let saved = humantime::format_duration(Duration::from_millis(entry.duration_ms / 100 * 100));
+    job.log.note(&format!("cached (key {}…, saved {saved})", &key[..8]));
+    let info = serde_json::json!({ "hit": true, "key": key, "saved_ms": entry.duration_ms });
+    Some(Finished {
+        status: Status::Succeeded,
+        exit_code: Some(0),
+        attempts: 1,
+        duration: started.elapsed(),
+        outputs: entry.outputs,
+        reason: None,
+        tail: job.log.finish(),
+        details: Some(with_cache(None, info)),
+        spans: vec![(started, Instant::now())],
+    })
+}
+
+fn with_cache(details: Option<serde_json::Value>, cache: serde_json::Value) -> serde_json::Value {
+    match details {
+        Some(serde_json::Value::Object(mut m)) => {
+            m.insert("cache".into(), cache);
+            serde_json::Value::Object(m)
+        }
+        _ => serde_json::json!({ "cache": cache }),
     }
 }
 

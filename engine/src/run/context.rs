@@ -41,6 +41,8 @@ pub struct RunContext {
     pub network: Option<String>,
     /// pipe's own files, which no plugin grant may reach.
     pub protected: Protected,
+    /// The step cache; `None` with `--no-cache`.
+    pub cache: Option<super::cache::StepCache>,
 }
 
 impl RunContext {
@@ -71,6 +73,7 @@ impl RunContext {
             plugins,
             network: None,
             protected: crate::plugin::protected(plan, root),
+            cache: Some(super::cache::StepCache::open(root)),
         })
     }
 }
@@ -98,6 +101,7 @@ impl RunContext {
             plugins: HashMap::new(),
             network: None,
             protected: Protected::default(),
+            cache: None,
         }
     }
 }

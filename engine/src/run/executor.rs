@@ -37,6 +37,49 @@ impl Invocation {
         matches!(self, Invocation::Plugin(_)).then_some(PLUGIN_TIMEOUT)
     }
 
+    /// What the step cache keys on, besides inputs: everything that decides
+    /// what the step does, except what differs in every run (its run id,
+    /// where its outputs go). `None`: this kind is never cached.
+    pub fn fingerprint(&self) -> Option<String> {
+        let stable = |env: &[(String, String)]| -> Vec<(String, String)> {
+            let mut env: Vec<(String, String)> =
+                env.iter().filter(|(k, _)| !matches!(k.as_str(), "PIPE_RUN_ID" | "PIPE_OUTPUT")).cloned().collect();
+            env.sort();
+            env
+        };
+        let text = match self {
+            Invocation::Process(p) => {
+                format!("process\0{:?}\0{:?}\0{:?}\0{:?}", p.program, p.args, p.workdir, stable(&p.env))
+            }
+            Invocation::Container(c) | Invocation::SwarmJob(c) => format!(
+                "container\0{}\0{:?}\0{:?}\0{:?}\0{}\0{:?}\0{:?}\0{:?}\0{:?}",
+                c.image,
+                c.cmd,
+                stable(&c.env),
+                c.user,
+                c.workdir,
+                c.memory,
+                c.cpus,
+                c.network,
+                c.placement
+            ),
+            Invocation::Plugin(call) => format!(
+                "plugin\0{}\0{:?}\0{:?}\0{:?}",
+                call.plugin.resolved.sha256, call.input.config, call.input.env, call.workdir
+            ),
+            Invocation::ImageBuild(_) | Invocation::Deploy(_) | Invocation::Approve(_) => return None,
+        };
+        Some(text)
+    }
+
+    /// The image a container step runs: its digest is part of the cache key.
+    pub fn image(&self) -> Option<&str> {
+        match self {
+            Invocation::Container(c) | Invocation::SwarmJob(c) => Some(&c.image),
+            _ => None,
+        }
+    }
+
     /// Who a timeout is blamed on, besides the step: `name version` of a plugin.
     pub fn actor(&self) -> Option<String> {
         match self {

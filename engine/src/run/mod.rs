@@ -4,6 +4,7 @@
 
 mod approve;
 mod attempt;
+pub mod cache;
 pub mod container;
 pub mod context;
 mod error;
@@ -43,6 +44,8 @@ pub struct RunOptions {
     pub wait: bool,
     /// Steps that succeeded in this earlier run are not run again.
     pub rerun: Option<RunRecord>,
+    /// Neither read nor write the step cache.
+    pub no_cache: bool,
 }
 
 pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRecord, RunError> {
@@ -64,6 +67,9 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         None
     };
     let mut ctx = RunContext::prepare(plan, &opts.root, run_id.clone()).await?;
+    if opts.no_cache {
+        ctx.cache = None;
+    }
     let services = match (&docker, plan.services.is_empty()) {
         (Some(docker), false) => {
             let started = services::Services::start(docker, &ctx, &plan.services).await?;

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{self, Finished, Job};
+use super::cache::CacheJob;
 use super::context::{RunContext, View};
 use crate::event::{Event, Events};
 use crate::lang::model::Trigger;
@@ -224,6 +225,12 @@ impl<'p> Scheduler<'p> {
             log,
             events: self.events.clone(),
             cancel,
+            cache: match (&step.cache, &self.ctx.cache) {
+                (Some(spec), Some(store)) => {
+                    Some(CacheJob { store: store.clone(), spec: spec.clone(), dir: self.ctx.dir.clone() })
+                }
+                _ => None,
+            },
         })
     }
 

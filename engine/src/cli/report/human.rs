@@ -210,6 +210,7 @@ impl Subscriber for Human {
 
 fn status_style(s: &StepRecord) -> (Style, &'static str) {
     match s.status {
+        Status::Succeeded if crate::report::is_cached(s) => (GREEN, "cached"),
         Status::Succeeded => (GREEN, "ok"),
         Status::Failed if s.allowed_failure => (YELLOW, "failed*"),
         Status::Failed => (RED, "failed"),
@@ -222,6 +223,10 @@ fn status_style(s: &StepRecord) -> (Style, &'static str) {
 fn finished_line(rec: &StepRecord) -> String {
     let reason = rec.reason.as_deref().unwrap_or("");
     match rec.status {
+        Status::Succeeded if crate::report::is_cached(rec) => {
+            let saved = rec.details.as_ref().and_then(|d| d["cache"]["saved_ms"].as_u64()).unwrap_or(0);
+            format!("{GREEN}✓{GREEN:#} {} {DIM}cached, saved {}{DIM:#}", rec.id, duration(saved))
+        }
         Status::Succeeded => format!("{GREEN}✓{GREEN:#} {} {DIM}{}{DIM:#}", rec.id, duration(rec.duration_ms)),
         Status::Failed if rec.allowed_failure => format!("{YELLOW}✗ {} failed (allowed): {reason}{YELLOW:#}", rec.id),
         Status::Failed => format!("{RED}✗ {} failed: {reason}{RED:#}", rec.id),

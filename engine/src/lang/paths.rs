@@ -1,0 +1,52 @@
+//! Nodes that name files of the repository by glob: a step's `cache` (its
+//! inputs and outputs) and a pipeline's or stage's `changes` (what makes it
+//! affected). Globs are checked here, once, with the span of each.
+
+use super::model::Cache;
+use super::parser::Parser;
+use super::reader::{Node, Spanned};
+
+impl Parser {
+    /// `cache { inputs "src/**" "Cargo.lock"; outputs "target/app" }`.
+    pub(super) fn cache(&mut self, node: Node) -> Option<Cache> {
+        node.check_props(&[], &mut self.errs);
+        node.check_arg_count(0, &mut self.errs);
+        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+        for child in node.children() {
+            match child.name() {
+                "inputs" => inputs.extend(self.globs(child)),
+                "outputs" => {
+                    for path in self.globs(child) {
+                        let escapes = path.value.starts_with('/') || path.value.split('/').any(|c| c == "..");
+                        if escapes {
+                            let help = Some("outputs are restored into the pipeline's directory".to_string());
+                            self.errs.invalid(&path.loc, "outputs", "a path outside the pipeline's directory", help);
+                        }
+                        outputs.push(path);
+                    }
+                }
+                other => self.unknown(child, "a `cache` block", &["inputs", "outputs"], other),
+            }
+        }
+        if inputs.is_empty() {
+            self.missing(node, "cache", "inputs", "cache { inputs \"src/**\" \"Cargo.lock\"; outputs \"target/app\" }");
+            return None;
+        }
+        Some(Cache { inputs, outputs })
+    }
+
+    /// The arguments of `inputs`, `outputs` or `changes`: globs relative to the pipeline's directory.
+    pub(super) fn globs(&mut self, node: Node) -> Vec<Spanned<String>> {
+        self.leaf(node, &[], usize::MAX);
+        let globs = node.arg_texts(node.name(), &mut self.errs);
+        if globs.is_empty() {
+            node.arg_string("a path or glob", &mut self.errs);
+        }
+        for g in &globs {
+            if let Err(e) = globset::Glob::new(&g.value) {
+                self.errs.invalid(&g.loc, node.name(), format!("`{}` is not a glob: {}", g.value, e.kind()), None);
+            }
+        }
+        globs
+    }
+}
