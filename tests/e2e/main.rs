@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod affected;
 mod cache;
 mod cancel;
 mod containers;

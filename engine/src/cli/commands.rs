@@ -6,10 +6,8 @@ use std::path::Path;
 use super::diagnostics::eprint;
 use super::project::{Loaded, Project};
 use super::report;
-use super::{Cli, Command, Format, RunArgs, StateAction, exit};
-use crate::event::{self, Events, Subscriber};
+use super::{Cli, Command, Format, StateAction, exit};
 use crate::plan::GraphFormat;
-use crate::run::{self, RecordWriter, RunOptions};
 use crate::state::{RunRecord, StateStore};
 
 pub fn dispatch(cli: Cli) -> u8 {
@@ -24,7 +22,7 @@ pub fn dispatch(cli: Cli) -> u8 {
     let root = root.as_path();
     let file = cli.file.as_deref();
     match cli.command {
-        Command::Run(args) => run(root, file, args),
+        Command::Run(args) => super::run_cmd::run(root, file, args),
         Command::Check { names } => check(root, file, &names),
         Command::List { format } => list(root, file, format),
         Command::Graph { name, format } => graph(root, file, name.as_deref(), format),
@@ -114,7 +112,7 @@ fn decide(root: &std::path::Path, gate: super::GateArgs, approved: bool, reason:
 }
 
 /// The pipeline to work on, with its plan; on any problem, reports it and gives the exit code.
-fn select<'p>(project: &'p Project, name: Option<&str>) -> Result<&'p Loaded, u8> {
+pub(super) fn select<'p>(project: &'p Project, name: Option<&str>) -> Result<&'p Loaded, u8> {
     // Without a name, a broken file might hold the pipeline meant: refuse to guess.
     if name.is_none() && !project.errors.is_empty() {
         project.errors.iter().for_each(|e| eprint(e.as_ref()));
@@ -133,68 +131,6 @@ fn select<'p>(project: &'p Project, name: Option<&str>) -> Result<&'p Loaded, u8
         eprintln!("warning: {} problem(s) in other pipeline files; `pipe check` shows them", project.errors.len());
     }
     Ok(loaded)
-}
-
-fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
-    let project = Project::load(root, file);
-    let loaded = match select(&project, args.name.as_deref()) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let Ok(mut plan) = loaded.plan.as_ref().cloned() else { return exit::INVALID };
-    if !args.stages.is_empty() {
-        plan = match plan.select_stages(&args.stages) {
-            Ok(p) => p,
-            Err(e) => {
-                eprint(e.as_ref());
-                return exit::INVALID;
-            }
-        };
-    }
-    let rerun = match args.rerun_failed.as_deref().map(|id| RunRecord::find(root, id)) {
-        None => None,
-        Some(Ok(rec)) if rec.pipeline == plan.pipeline => Some(rec),
-        Some(Ok(rec)) => {
-            eprintln!("error: run {} is of pipeline `{}`, not `{}`", rec.id, rec.pipeline, plan.pipeline);
-            return exit::INVALID;
-        }
-        Some(Err(e)) => {
-            eprint(&e);
-            return exit::INVALID;
-        }
-    };
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let opts = RunOptions {
-        root: root.to_path_buf(),
-        file: loaded.file.clone(),
-        jobs,
-        wait: args.wait,
-        rerun,
-        no_cache: args.no_cache,
-    };
-    let runtime = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let (events, rx) = Events::channel();
-    let mut subscribers: Vec<Box<dyn Subscriber>> =
-        vec![report::console(args.format, &plan), Box::new(RecordWriter::new(root.to_path_buf()))];
-    let result = runtime.block_on(async {
-        let (result, ()) = tokio::join!(run::run(&plan, opts, events), event::deliver(rx, &mut subscribers));
-        result
-    });
-    match result {
-        Ok(record) => record.status.exit_code() as u8,
-        // Plugins are checked before anything starts, like the pipeline itself.
-        Err(run::RunError::Plugins(errors)) => {
-            errors.iter().for_each(|e| eprint(e));
-            exit::INVALID
-        }
-        Err(e) => {
-            eprint(&e);
-            exit::FAILED
-        }
-    }
 }
 
 fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {

@@ -7,6 +7,7 @@ mod diagnostics;
 mod plugin_cmd;
 mod project;
 mod report;
+mod run_cmd;
 
 use std::path::PathBuf;
 
@@ -154,6 +155,16 @@ pub struct RunArgs {
     /// Run every step, ignoring the step cache (and storing nothing in it).
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Run only the pipelines and stages whose files changed (`changes`); without
+    /// NAME, every pipeline here. The others are reported as left out, and why.
+    #[arg(long)]
+    pub affected: bool,
+
+    /// With --affected: compare with this commit (default: the merge base with
+    /// the main branch, or the pipeline's last successful run).
+    #[arg(long, value_name = "REF", requires = "affected")]
+    pub since: Option<String>,
 
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,

@@ -23,6 +23,10 @@ pub struct Pipeline {
     pub services: Vec<Service>,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
+    /// `changes "src/**" …`: the files that make it affected (default: its directory).
+    pub changes: Option<Vec<Spanned<String>>>,
+    /// `on "push" branch="main"`: the branches whose new commits `pipe watch` runs it for.
+    pub on_push: Vec<Spanned<String>>,
 }
 
 /// `container image="…" pull="…" { user …; memory …; cpus …; network … }`: where
@@ -109,6 +113,8 @@ pub struct Stage {
     pub matrix: Option<Matrix>,
     pub steps: Vec<Step>,
     pub hooks: Hooks,
+    /// `changes …` of its own, instead of the pipeline's.
+    pub changes: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Clone, Debug)]

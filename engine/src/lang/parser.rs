@@ -17,8 +17,20 @@ use super::reader::{Node, Spanned};
 use super::source::{Loc, Source};
 use super::template;
 
-const PIPELINE_NODES: &[&str] =
-    &["env", "secrets", "container", "executor", "service", "stage", "include", "on-success", "on-failure", "always"];
+const PIPELINE_NODES: &[&str] = &[
+    "env",
+    "secrets",
+    "container",
+    "executor",
+    "service",
+    "stage",
+    "include",
+    "changes",
+    "on",
+    "on-success",
+    "on-failure",
+    "always",
+];
 const STAGE_NODES: &[&str] = &[
     "needs",
     "deploy",
@@ -29,6 +41,7 @@ const STAGE_NODES: &[&str] = &[
     "when",
     "matrix",
     "step",
+    "changes",
     "on-success",
     "on-failure",
     "always",
@@ -152,6 +165,8 @@ pub(super) struct Body {
     pub secrets: Secrets,
     pub stages: Vec<Stage>,
     pub hooks: Hooks,
+    pub changes: Option<Vec<Spanned<String>>>,
+    pub on_push: Vec<Spanned<String>>,
 }
 
 impl Parser {
@@ -185,6 +200,8 @@ impl Parser {
             services: body.services,
             stages: body.stages,
             hooks: body.hooks,
+            changes: body.changes,
+            on_push: body.on_push,
         })
     }
 
@@ -199,6 +216,8 @@ impl Parser {
                 "executor" => body.executor = self.executor(child),
                 "stage" => body.stages.extend(self.stage(child)),
                 "include" => template::include(self, child, body),
+                "changes" => body.changes.get_or_insert_default().extend(self.globs(child)),
+                "on" => body.on_push.extend(self.on_push(child)),
                 "on-success" | "on-failure" | "always" => self.hook_block(child, &mut body.hooks),
                 other => self.unknown(child, "a pipeline", PIPELINE_NODES, other),
             }
@@ -224,6 +243,7 @@ impl Parser {
             matrix: None,
             steps: Vec::new(),
             hooks: Hooks::default(),
+            changes: None,
         };
         if let Some(e) = node.prop("needs") {
             stage.needs.extend(node.entry_string(e, "needs", &mut self.errs));
@@ -231,6 +251,7 @@ impl Parser {
         for child in node.children() {
             match child.name() {
                 "needs" => stage.needs.extend(self.needs(child)),
+                "changes" => stage.changes.get_or_insert_default().extend(self.globs(child)),
                 "env" => self.env_block(child, &mut stage.env),
                 "container" => self.container_once(child, &mut stage.container),
                 "service" => stage.services.extend(self.service(child)),

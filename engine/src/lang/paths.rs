@@ -35,6 +35,25 @@ impl Parser {
         Some(Cache { inputs, outputs })
     }
 
+    /// `on "push" branch="main"`: a branch glob whose new commits `pipe watch` runs.
+    pub(super) fn on_push(&mut self, node: Node) -> Option<Spanned<String>> {
+        self.leaf(node, &["branch"], 1);
+        let event = node.arg_string("an event", &mut self.errs)?;
+        if event.value != "push" {
+            let help = Some("on \"push\" branch=\"main\"".to_string());
+            self.errs.invalid(&event.loc, "on", format!("`{}` is not an event pipe knows", event.value), help);
+            return None;
+        }
+        let Some(branch) = node.prop_string("branch", &mut self.errs) else {
+            self.missing(node, "on \"push\"", "a branch", "on \"push\" branch=\"main\"");
+            return None;
+        };
+        if let Err(e) = globset::Glob::new(&branch.value) {
+            self.errs.invalid(&branch.loc, "branch", format!("`{}` is not a glob: {}", branch.value, e.kind()), None);
+        }
+        Some(branch)
+    }
+
     /// The arguments of `inputs`, `outputs` or `changes`: globs relative to the pipeline's directory.
     pub(super) fn globs(&mut self, node: Node) -> Vec<Spanned<String>> {
         self.leaf(node, &[], usize::MAX);

@@ -1,6 +1,7 @@
 //! The plan: a pipeline model compiled into a petgraph DAG of steps, with matrix
 //! stages expanded and every reference resolved. Knows nothing about tokio.
 
+mod affected;
 mod cycles;
 pub mod error;
 mod export;
@@ -17,6 +18,7 @@ use crate::lang::Loc;
 use crate::lang::interp::Template;
 use crate::lang::model::{Action, Condition, ContainerSpec, Env, Executor, Retry, Secrets, Service, Trigger};
 
+pub use affected::{Affected, absolute_glob, normalize};
 pub use error::PlanError;
 pub use export::GraphFormat;
 pub use planner::{plan, templates_mut};
@@ -31,6 +33,10 @@ pub struct Plan {
     pub graph: DiGraph<PlannedStep, Edge>,
     /// Stage instances in the order written (matrix stages expanded).
     pub stages: Vec<StageInstance>,
+    /// Globs (relative to `dir`) of the files that make the pipeline affected.
+    pub changes: Vec<String>,
+    /// Branch globs whose new commits `pipe watch` runs it for.
+    pub on_push: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -39,6 +45,8 @@ pub struct StageInstance {
     pub base: String,
     pub matrix: BTreeMap<String, String>,
     pub needs: Vec<String>,
+    /// Its own `changes`, instead of the pipeline's.
+    pub changes: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]

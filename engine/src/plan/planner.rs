@@ -49,6 +49,7 @@ pub fn plan(pipeline: &Pipeline) -> Result<Plan, Vec<PlanError>> {
             base: pipeline.stages[i.stage].name.clone(),
             matrix: i.matrix.clone(),
             needs: needs.iter().map(|(t, _)| p.insts[*t].name.clone()).collect(),
+            changes: pipeline.stages[i.stage].changes.as_ref().map(|c| c.iter().map(|g| g.value.clone()).collect()),
         })
         .collect();
     Ok(Plan {
@@ -58,6 +59,11 @@ pub fn plan(pipeline: &Pipeline) -> Result<Plan, Vec<PlanError>> {
         services: pipeline.services.iter().chain(pipeline.stages.iter().flat_map(|s| &s.services)).cloned().collect(),
         graph: p.graph,
         stages,
+        changes: pipeline.changes.as_ref().map_or_else(
+            || vec!["**".to_string()],
+            |c| c.iter().map(|g| g.value.clone()).collect(),
+        ),
+        on_push: pipeline.on_push.iter().map(|b| b.value.clone()).collect(),
     })
 }
 

@@ -343,6 +343,7 @@ mod tests {
                 step("ship.c", Status::Skipped, None),
             ],
             edges: vec![crate::state::GraphEdge { from: "build.a".into(), to: "ship.c".into(), after: false }],
+            trigger: None,
         };
         let html = render(&run, |id| Some(format!("log of {id} </pre>")));
         for id in ["build.a", "build.b", "ship.c"] {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -219,7 +219,7 @@ fn hash_inputs(dir: &Path, globs: &[String]) -> Result<[u8; 32], String> {
     let mut set = globset::GlobSetBuilder::new();
     let mut bases = Vec::new();
     for g in globs {
-        let absolute = normalize(&dir.join(g));
+        let absolute = crate::plan::normalize(&dir.join(g));
         let text = absolute.to_string_lossy().to_string();
         set.add(globset::GlobBuilder::new(&text).literal_separator(true).build().map_err(|e| e.to_string())?);
         bases.push(literal_base(&absolute));
@@ -259,21 +259,6 @@ fn hash_inputs(dir: &Path, globs: &[String]) -> Result<[u8; 32], String> {
         h.update(content.finalize());
     }
     Ok(h.finalize().into())
-}
-
-/// `a/b/../c` -> `a/c`, without touching the file system.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// The directories before a glob's first wildcard: where to walk.

@@ -33,3 +33,54 @@ impl GitInfo {
         }
     }
 }
+
+/// git, in `dir`: its trimmed output when it succeeds.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The full sha `rev` names, if it names a commit.
+pub fn resolve(dir: &Path, rev: &str) -> Option<String> {
+    git(dir, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
+}
+
+pub fn merge_base(dir: &Path, a: &str, b: &str) -> Option<String> {
+    git(dir, &["merge-base", a, b])
+}
+
+/// The repository's top directory.
+pub fn toplevel(dir: &Path) -> Option<std::path::PathBuf> {
+    git(dir, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from)
+}
+
+/// The main branch: `main`, or `master`, when it exists.
+pub fn main_branch(dir: &Path) -> Option<&'static str> {
+    ["main", "master"].into_iter().find(|b| resolve(dir, &format!("refs/heads/{b}")).is_some())
+}
+
+/// Files that differ from `base`: committed since, changed in the working
+/// tree, or new and not ignored. Absolute paths.
+pub fn changed_since(dir: &Path, base: &str) -> Result<Vec<std::path::PathBuf>, String> {
+    let top = toplevel(dir).ok_or("not in a git repository")?;
+    let diff = git(&top, &["diff", "--name-only", "--no-renames", base])
+        .ok_or_else(|| format!("git diff against {base} failed"))?;
+    let untracked = git(&top, &["ls-files", "--others", "--exclude-standard"]).unwrap_or_default();
+    Ok(diff.lines().chain(untracked.lines()).filter(|l| !l.is_empty()).map(|l| top.join(l)).collect())
+}
+
+/// Commits on `to` after `from`, oldest first (`from` none: only `to`).
+pub fn commits_between(dir: &Path, from: Option<&str>, to: &str) -> Vec<String> {
+    let range = match from {
+        Some(f) => format!("{f}..{to}"),
+        None => return vec![to.to_string()],
+    };
+    git(dir, &["rev-list", "--reverse", &range]).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
+}

@@ -46,6 +46,10 @@ pub struct RunOptions {
     pub rerun: Option<RunRecord>,
     /// Neither read nor write the step cache.
     pub no_cache: bool,
+    /// Stage instances to leave out (`--affected`), with the reason.
+    pub unaffected: std::collections::HashMap<String, String>,
+    /// What started the run (`pipe watch`: a push), for its record.
+    pub trigger: Option<crate::state::record::Trigger>,
 }
 
 pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRecord, RunError> {
@@ -93,6 +97,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         pid: std::process::id(),
         steps: plan.graph.node_weights().map(|s| StepRecord::pending(&s.id)).collect(),
         edges: plan.edges(),
+        trigger: opts.trigger,
     };
     for dir in ["outputs", "logs"] {
         let dir = ctx.run_dir.join(dir);
@@ -103,6 +108,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     if let Some(earlier) = opts.rerun {
         scheduler = scheduler.reuse(earlier.steps);
     }
+    scheduler = scheduler.unaffected(opts.unaffected);
     let (status, steps) = scheduler.run().await;
     if let (Some(docker), Some(services)) = (docker, services) {
         services.stop(docker).await;

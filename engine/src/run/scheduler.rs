@@ -39,6 +39,8 @@ pub struct Scheduler<'p> {
     /// Cancels main steps (fail-fast, first Ctrl-C).
     cancel: CancellationToken,
     /// Cancels hooks too (a second Ctrl-C).
+    /// Stage instances left out, and why.
+    unaffected: HashMap<String, String>,
     /// When the run (and so its timeline) began.
     started: Instant,
     /// When each step became runnable.
@@ -67,6 +69,7 @@ impl<'p> Scheduler<'p> {
             ids: plan.graph.node_indices().map(|n| (plan.graph[n].id.clone(), n.index())).collect(),
             records,
             reuse: HashMap::new(),
+            unaffected: HashMap::new(),
             remaining,
             started: Instant::now(),
             ready_at: vec![None; plan.len()],
@@ -75,6 +78,12 @@ impl<'p> Scheduler<'p> {
             cancel: cancel_all.child_token(),
             cancel_all,
         }
+    }
+
+    /// Stage instances left out of this run (`--affected`), with the reason.
+    pub fn unaffected(mut self, stages: HashMap<String, String>) -> Self {
+        self.unaffected = stages;
+        self
     }
 
     pub fn reuse(mut self, records: impl IntoIterator<Item = StepRecord>) -> Self {
@@ -170,6 +179,9 @@ impl<'p> Scheduler<'p> {
         }
         match step.role {
             Role::Main => {
+                if let Some(why) = self.unaffected.get(&step.stage) {
+                    return Decision::Skip(format!("unaffected ({why})"));
+                }
                 for e in self.plan.graph.edges_directed(n, Direction::Incoming) {
                     let dep = &self.records[e.source().index()];
                     if *e.weight() == Edge::Needs && !dep.counts_as_success() {

@@ -80,6 +80,17 @@ pub struct RunRecord {
     /// runs after it whatever its outcome). What the report draws.
     #[serde(default)]
     pub edges: Vec<GraphEdge>,
+    /// What started it, when not a person: `pipe watch` and the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `push`.
+    pub kind: String,
+    pub branch: String,
+    pub commit: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
