@@ -17,3 +17,4 @@ mod report;
 mod sandbox;
 mod scheduling;
 mod secrets;
+mod watch;

@@ -31,6 +31,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::State { pipeline, action } => state(root, &pipeline, action),
         Command::Plugin(command) => super::plugin_cmd::dispatch(root, file, command),
         Command::Gc => gc(),
+        Command::Watch(args) => super::watch_cmd::watch(root, args),
         Command::Cache { action } => cache(root, action),
         Command::Report { run, open } => report(root, &run, open),
         Command::Approve(gate) => decide(root, gate, true, None),

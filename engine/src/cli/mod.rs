@@ -8,6 +8,7 @@ mod plugin_cmd;
 mod project;
 mod report;
 mod run_cmd;
+mod watch_cmd;
 
 use std::path::PathBuf;
 
@@ -101,6 +102,8 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Run every new commit of the branches pipelines accept (`on "push"`), in order.
+    Watch(watch_cmd::WatchArgs),
     /// Where a run's HTML report is (timeline, graph, logs); `--open` opens it.
     Report {
         /// A run id, or `last` (the default).

@@ -25,7 +25,8 @@ impl Plan {
         let matches = |globs: &[String]| -> bool {
             let mut set = globset::GlobSetBuilder::new();
             for g in globs {
-                if let Ok(glob) = globset::GlobBuilder::new(&absolute_glob(&self.dir, g)).literal_separator(true).build()
+                if let Ok(glob) =
+                    globset::GlobBuilder::new(&absolute_glob(&self.dir, g)).literal_separator(true).build()
                 {
                     set.add(glob);
                 }
@@ -105,7 +106,7 @@ mod tests {
     use super::*;
 
     fn plan(dir: &str, text: &str) -> Plan {
-        let src = crate::lang::Source::new(&format!("{dir}/pipe.kdl"), &format!("{dir}/pipe.kdl"), text);
+        let src = crate::lang::Source::new(format!("{dir}/pipe.kdl"), format!("{dir}/pipe.kdl"), text);
         let pipelines = crate::lang::parse(&src).unwrap_or_else(|e| panic!("{e:?}"));
         super::super::plan(&pipelines[0]).unwrap_or_else(|e| panic!("{e:?}"))
     }
@@ -132,9 +133,7 @@ pipeline "orders" {
         let Affected::Stages(out) = p.affected(&f("/repo/shared/lib.rs"), "abc123", root) else { panic!() };
         assert_eq!(out.keys().collect::<Vec<_>>(), ["docs", "site"], "shared code affects build and test");
         assert_eq!(out["site"], "no change in site/** since abc123");
-        let Affected::Stages(out) = p.affected(&f("/repo/services/orders/docs/a.md"), "abc123", root) else {
-            panic!()
-        };
+        let Affected::Stages(out) = p.affected(&f("/repo/services/orders/docs/a.md"), "abc123", root) else { panic!() };
         assert_eq!(out.keys().collect::<Vec<_>>(), ["build", "test"], "docs, and site which needs it");
         let Affected::Stages(out) = p.affected(&f("/repo/services/orders/site/index.html"), "abc123", root) else {
             panic!()

@@ -59,10 +59,10 @@ pub fn plan(pipeline: &Pipeline) -> Result<Plan, Vec<PlanError>> {
         services: pipeline.services.iter().chain(pipeline.stages.iter().flat_map(|s| &s.services)).cloned().collect(),
         graph: p.graph,
         stages,
-        changes: pipeline.changes.as_ref().map_or_else(
-            || vec!["**".to_string()],
-            |c| c.iter().map(|g| g.value.clone()).collect(),
-        ),
+        changes: pipeline
+            .changes
+            .as_ref()
+            .map_or_else(|| vec!["**".to_string()], |c| c.iter().map(|g| g.value.clone()).collect()),
         on_push: pipeline.on_push.iter().map(|b| b.value.clone()).collect(),
     })
 }

@@ -34,8 +34,13 @@ impl GitInfo {
     }
 }
 
+/// git, in `dir`: whether it succeeded (its output goes where pipe's goes).
+pub fn run(dir: &Path, args: &[&str]) -> bool {
+    Command::new("git").arg("-C").arg(dir).args(args).status().is_ok_and(|s| s.success())
+}
+
 /// git, in `dir`: its trimmed output when it succeeds.
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
+pub fn output(dir: &Path, args: &[&str]) -> Option<String> {
     Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -49,16 +54,16 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 
 /// The full sha `rev` names, if it names a commit.
 pub fn resolve(dir: &Path, rev: &str) -> Option<String> {
-    git(dir, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
+    output(dir, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
 }
 
 pub fn merge_base(dir: &Path, a: &str, b: &str) -> Option<String> {
-    git(dir, &["merge-base", a, b])
+    output(dir, &["merge-base", a, b])
 }
 
 /// The repository's top directory.
 pub fn toplevel(dir: &Path) -> Option<std::path::PathBuf> {
-    git(dir, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from)
+    output(dir, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from)
 }
 
 /// The main branch: `main`, or `master`, when it exists.
@@ -70,9 +75,9 @@ pub fn main_branch(dir: &Path) -> Option<&'static str> {
 /// tree, or new and not ignored. Absolute paths.
 pub fn changed_since(dir: &Path, base: &str) -> Result<Vec<std::path::PathBuf>, String> {
     let top = toplevel(dir).ok_or("not in a git repository")?;
-    let diff = git(&top, &["diff", "--name-only", "--no-renames", base])
+    let diff = output(&top, &["diff", "--name-only", "--no-renames", base])
         .ok_or_else(|| format!("git diff against {base} failed"))?;
-    let untracked = git(&top, &["ls-files", "--others", "--exclude-standard"]).unwrap_or_default();
+    let untracked = output(&top, &["ls-files", "--others", "--exclude-standard"]).unwrap_or_default();
     Ok(diff.lines().chain(untracked.lines()).filter(|l| !l.is_empty()).map(|l| top.join(l)).collect())
 }
 
@@ -82,5 +87,5 @@ pub fn commits_between(dir: &Path, from: Option<&str>, to: &str) -> Vec<String> 
         Some(f) => format!("{f}..{to}"),
         None => return vec![to.to_string()],
     };
-    git(dir, &["rev-list", "--reverse", &range]).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
+    output(dir, &["rev-list", "--reverse", &range]).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
 }
