@@ -17,4 +17,5 @@ mod report;
 mod sandbox;
 mod scheduling;
 mod secrets;
+mod tools;
 mod watch;

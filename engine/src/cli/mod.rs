@@ -8,6 +8,7 @@ mod plugin_cmd;
 mod project;
 mod report;
 mod run_cmd;
+mod tools_cmd;
 mod watch_cmd;
 
 use std::path::PathBuf;
@@ -102,6 +103,17 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Format pipeline files (the discovered ones, or FILEs); `--check` only reports.
+    Fmt {
+        files: Vec<PathBuf>,
+        /// Change nothing; exit 1 if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    Completions { shell: clap_complete::Shell },
+    /// Write a commented starter pipe.kdl for this repository.
+    Init,
     /// Run every new commit of the branches pipelines accept (`on "push"`), in order.
     Watch(watch_cmd::WatchArgs),
     /// Where a run's HTML report is (timeline, graph, logs); `--open` opens it.

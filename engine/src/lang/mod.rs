@@ -7,6 +7,7 @@ mod deploy;
 mod deploy_parts;
 pub mod discover;
 pub mod error;
+pub mod format;
 pub mod interp;
 pub mod model;
 mod nesting;
