@@ -49,7 +49,11 @@ fn main() {
     }
     let (c, w) = (median(&mut cold), median(&mut warm));
     println!("{STEPS} steps, 2 at a time, each reading 20 input files (80 KiB) and writing one output");
-    println!("  run, cache off             {:>8.1} ms   {:>6.0} µs a step", ms(c), c.as_secs_f64() * 1e6 / STEPS as f64);
+    println!(
+        "  run, cache off             {:>8.1} ms   {:>6.0} µs a step",
+        ms(c),
+        c.as_secs_f64() * 1e6 / STEPS as f64
+    );
     println!(
         "  rerun, nothing changed     {:>8.1} ms   {:>6.0} µs a step (a hit: key, lookup, restore)   {:.2}× the run",
         ms(w),

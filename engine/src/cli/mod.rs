@@ -63,6 +63,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline.
     Run(RunArgs),
+    /// Run every new commit of the branches pipelines accept (`on "push"`), in order.
+    Watch(watch_cmd::WatchArgs),
     /// Validate pipelines without running anything.
     Check {
         /// Pipelines to check (default: all).
@@ -79,6 +81,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
+    /// Format pipeline files (the discovered ones, or FILEs); `--check` only reports.
+    Fmt {
+        files: Vec<PathBuf>,
+        /// Change nothing; exit 1 if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
     /// List recorded runs, newest last.
     Runs {
         /// Show at most this many runs.
@@ -93,6 +102,15 @@ pub enum Command {
         /// A step id (`stage.step`), or any unique end of one.
         step: Option<String>,
     },
+    /// Where a run's HTML report is (timeline, graph, logs); `--open` opens it.
+    Report {
+        /// A run id, or `last` (the default).
+        #[arg(default_value = "last")]
+        run: String,
+        /// Open it in the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Let a run waiting at an `approve` step (or a canary waiting for a person) go on.
     Approve(GateArgs),
     /// Refuse what a waiting run asks: the gate fails (a deployment rolls back).
@@ -103,47 +121,29 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Format pipeline files (the discovered ones, or FILEs); `--check` only reports.
-    Fmt {
-        files: Vec<PathBuf>,
-        /// Change nothing; exit 1 if a file is not formatted.
-        #[arg(long)]
-        check: bool,
-    },
-    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
-    Completions { shell: clap_complete::Shell },
-    /// Write a commented starter pipe.kdl for this repository.
-    Init,
-    /// Run every new commit of the branches pipelines accept (`on "push"`), in order.
-    Watch(watch_cmd::WatchArgs),
-    /// Where a run's HTML report is (timeline, graph, logs); `--open` opens it.
-    Report {
-        /// A run id, or `last` (the default).
-        #[arg(default_value = "last")]
-        run: String,
-        /// Open it in the desktop's browser (xdg-open).
-        #[arg(long)]
-        open: bool,
-    },
+    /// See and steer deployments: status, history, promote, abort, resume, rollback, stop.
+    #[command(subcommand)]
+    Deploy(deploy_cmd::DeployCommand),
     /// The step cache: its size, or `clear` to empty it.
     Cache {
         #[command(subcommand)]
         action: Option<CacheAction>,
     },
-    /// Remove containers and networks left behind by runs that died.
-    Gc,
-    /// See and steer deployments: status, resume, rollback, history.
-    #[command(subcommand)]
-    Deploy(deploy_cmd::DeployCommand),
-    /// Write, build, inspect and try plugins; pin their digests.
-    #[command(subcommand)]
-    Plugin(plugin_cmd::PluginCommand),
     /// Read or change a pipeline's persistent state.
     State {
         pipeline: String,
         #[command(subcommand)]
         action: Option<StateAction>,
     },
+    /// Write, build, inspect and try plugins; pin their digests.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
+    /// Remove containers and networks left behind by runs that died.
+    Gc,
+    /// Write a commented starter pipe.kdl for this repository.
+    Init,
+    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Args)]
