@@ -79,7 +79,7 @@ impl Driver<'_> {
         from: &SlotRun,
     ) -> Result<Duration, DeployError> {
         let Some(a) = &c.analysis else {
-            self.note(format!("holding {} for {}", step.weight, humantime::format_duration(step.pause)));
+            self.note(format!("holding {}% for {}", step.weight, humantime::format_duration(step.pause)));
             self.sleep(step.pause).await?;
             return Ok(step.pause);
         };
