@@ -160,7 +160,10 @@ async fn load(
 ) -> Result<Arc<Prepared>, PluginError> {
     let resolved = resolve(&uses.value, &uses.loc, dir, root)?;
     let pin = Pin { sha256: resolved.sha256.clone(), origin: resolved.origin.clone() };
-    match lock.plugins.get(&uses.value) {
+    // Built-ins ship inside pipe: the binary is what pins them. (Their bytes
+    // also differ between checkouts built in different directories.)
+    let pinned = if resolved.origin == "built-in" { None } else { lock.plugins.get(&uses.value) };
+    match pinned {
         Some(old) if old.sha256 != pin.sha256 && mode != LockMode::Update => {
             return Err(PluginError::DigestMismatch {
                 name: uses.value.clone(),
@@ -171,6 +174,7 @@ async fn load(
             });
         }
         Some(old) if *old == pin => {}
+        None if resolved.origin == "built-in" => {}
         _ if mode != LockMode::CheckOnly => {
             lock.plugins.insert(uses.value.clone(), pin);
             *lock_changed = true;
