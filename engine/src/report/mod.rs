@@ -66,7 +66,7 @@ pub fn render(run: &RunRecord, logs: impl Fn(&str) -> Option<String>) -> String 
         run.status.as_str(),
         run.status.as_str(),
         esc(&run.id),
-        crate::cli::duration(run.duration_ms),
+        duration(run.duration_ms),
         run.steps.len(),
         count(Status::Succeeded),
         if cached > 0 { format!(" ({cached} from the cache)") } else { String::new() },
@@ -96,7 +96,7 @@ pub fn render(run: &RunRecord, logs: impl Fn(&str) -> Option<String>) -> String 
 
 fn step_block(h: &mut String, s: &StepRecord, log: Option<String>) {
     let class = class_of(s);
-    let took = if s.attempts > 0 { crate::cli::duration(s.duration_ms) } else { "-".into() };
+    let took = if s.attempts > 0 { duration(s.duration_ms) } else { "-".into() };
     let attempts = if s.attempts > 1 { format!(" · {} attempts", s.attempts) } else { String::new() };
     let _ = write!(
         h,
@@ -196,6 +196,15 @@ fn deploy_details(h: &mut String, d: &serde_json::Value) {
             );
         }
         h.push_str("</table>");
+    }
+}
+
+/// `850ms`, `3.2s`, `2m 05s`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000),
     }
 }
 

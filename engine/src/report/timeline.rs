@@ -41,7 +41,7 @@ pub fn svg(run: &RunRecord) -> String {
             "<line class=\"tick\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"14\" y2=\"{height}\"/>\
              <text class=\"tl\" x=\"{0:.1}\" y=\"11\" text-anchor=\"middle\">{1}</text>",
             x(t),
-            crate::cli::duration(t)
+            super::duration(t)
         );
     }
     for (row, step) in steps.iter().enumerate() {
@@ -80,7 +80,7 @@ pub fn svg(run: &RunRecord) -> String {
                 y + 2.0,
                 (x(first) - x(timing.ready_ms)).max(1.0),
                 esc(&step.id),
-                crate::cli::duration(first - timing.ready_ms)
+                super::duration(first - timing.ready_ms)
             );
         }
         let last = timing.attempts.len() - 1;
@@ -96,7 +96,7 @@ pub fn svg(run: &RunRecord) -> String {
                 y + 2.0,
                 (x(*b) - x(*a)).max(2.0),
                 esc(&what),
-                crate::cli::duration(b.saturating_sub(*a))
+                super::duration(b.saturating_sub(*a))
             );
         }
     }

@@ -35,11 +35,4 @@ impl Subscriber for Json {
     }
 }
 
-/// `850ms`, `3.2s`, `2m 05s`.
-pub fn duration(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        _ => format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
-}
+pub use crate::report::duration;
