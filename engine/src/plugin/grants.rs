@@ -3,7 +3,7 @@
 //! symbolic links a plugin must not leave behind pointing out of its grants.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// What a step granted, resolved to absolute paths and exact values.
 #[derive(Clone, Debug, Default)]
@@ -184,21 +184,7 @@ pub fn absolute(path: &Path) -> PathBuf {
     for part in rest.iter().rev() {
         out.push(part);
     }
-    lexical(&out)
-}
-
-fn lexical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
+    crate::plan::normalize(&out)
 }
 
 /// The symbolic links below `dirs` that point outside their directory: before
@@ -216,7 +202,7 @@ pub fn escaping_links(dirs: &[PathBuf]) -> BTreeSet<(PathBuf, PathBuf)> {
             let link = entry.path().to_path_buf();
             let Ok(target) = std::fs::read_link(&link) else { continue };
             let parent = link.parent().unwrap_or(&root);
-            let lexically = lexical(&parent.join(&target));
+            let lexically = crate::plan::normalize(&parent.join(&target));
             let resolved = std::fs::canonicalize(&link).ok();
             if !lexically.starts_with(&root) || resolved.is_some_and(|r| !r.starts_with(&root)) {
                 found.insert((link, target));
