@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::journal::{Action, Journal, Pending, Phase};
+use super::journal::{Action, Journal, Pending, Phase, Release};
 use super::probe::Probe;
 use super::{DeployError, DeployRun, PhaseReport, Report, SlotRun, StrategyRun};
 use crate::step::StepLog;
@@ -186,6 +186,17 @@ impl<'a> Driver<'a> {
             StrategyRun::Rolling(r) => self.roll_back(p, *r, reason).await,
             _ => self.switch_back(p, reason).await,
         }
+    }
+
+    /// A failed first release has nothing to go back to: it stays live, and
+    /// the journal says it failed.
+    pub(super) async fn keep_first_release(&self, release: Release, why: String) -> Result<(), DeployError> {
+        self.journal(move |j| {
+            j.pending = None;
+            j.live = Some(release.clone());
+            j.record("failed", &release, why);
+        })
+        .await
     }
 
     /// The process group the journal recorded for a slot's `command` instance.

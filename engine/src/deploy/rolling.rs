@@ -223,13 +223,7 @@ impl Driver<'_> {
             return Ok("traffic never moved: the new instances were stopped".into());
         }
         let Some(old) = old else {
-            let (release, why) = (p.to.clone(), reason.clone());
-            self.journal(move |j| {
-                j.pending = None;
-                j.live = Some(release.clone());
-                j.record("failed", &release, why);
-            })
-            .await?;
+            self.keep_first_release(p.to.clone(), reason.clone()).await?;
             return Ok(format!(
                 "this was the first release: there is nothing to go back to, so {} keep serving",
                 p.to.place()

@@ -168,13 +168,7 @@ impl Driver<'_> {
         }
         let Some(back) = p.from.clone() else {
             // The first release has nothing to go back to: it stays, and says so.
-            let (release, why) = (p.to.clone(), reason.clone());
-            self.journal(move |j| {
-                j.pending = None;
-                j.live = Some(release.clone());
-                j.record("failed", &release, why);
-            })
-            .await?;
+            self.keep_first_release(p.to.clone(), reason.clone()).await?;
             self.report.reason = Some(reason.clone());
             return Ok(format!(
                 "this was the first release: there is nothing to go back to, so slot {} is left as it is",
