@@ -236,6 +236,7 @@ extern "C" fn check_leftovers() {
     }
 }
 
+pub mod cluster;
 pub mod deploy;
 pub mod docker;
 pub mod servers;

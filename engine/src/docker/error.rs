@@ -18,6 +18,24 @@ pub enum DockerError {
     #[diagnostic(code(docker::pull))]
     Pull { image: String, reason: String },
 
+    #[error("the build failed: {reason}")]
+    #[diagnostic(code(docker::build))]
+    Build { reason: String },
+
+    #[error("cannot push image `{image}`: {reason}")]
+    #[diagnostic(
+        code(docker::push),
+        help("is the registry running, and does the engine trust it (`insecure-registries` for plain HTTP)?")
+    )]
+    Push { image: String, reason: String },
+
+    #[error("cannot reach the registry {registry}: {reason}")]
+    #[diagnostic(
+        code(docker::registry),
+        help("start the registry, or fix `registry` in `executor \"swarm\"`: every swarm node pulls from it")
+    )]
+    Registry { registry: String, reason: String },
+
     #[error("`{reference}` is not an image reference: {reason}")]
     #[diagnostic(code(docker::reference))]
     Reference { reference: String, reason: String },
@@ -43,9 +61,10 @@ impl DockerError {
 /// How a step that needed the engine ends when the engine said no.
 impl From<DockerError> for crate::step::Exit {
     fn from(e: DockerError) -> Self {
-        match e {
+        match &e {
             DockerError::Cancelled(_) => crate::step::Exit::Cancelled,
-            other => crate::step::Exit::error(other),
+            DockerError::Build { .. } => crate::step::Exit::Failed(e.to_string()),
+            _ => crate::step::Exit::error(e),
         }
     }
 }

@@ -11,7 +11,15 @@ use crate::step::StepLog;
 /// Streams the container's output into the log, line by line, until it stops.
 pub async fn pump(docker: &Docker, id: &str, log: &StepLog) {
     let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-    let mut stream = docker.logs(id, Some(options));
+    lines(docker.logs(id, Some(options)), |kind, line| log.line(kind, line)).await;
+}
+
+/// Splits a log stream (a container's or a swarm task's) into lines, each
+/// handed to `on_line` with the stream it came from, until the stream ends.
+pub async fn lines(
+    mut stream: impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+    mut on_line: impl FnMut(Stream, &str),
+) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     while let Some(Ok(chunk)) = stream.next().await {
         let (buf, kind) = match chunk {
@@ -27,12 +35,12 @@ pub async fn pump(docker: &Docker, id: &str, log: &StepLog) {
         };
         while let Some(i) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
-            log.line(kind, String::from_utf8_lossy(&line[..i]).trim_end_matches('\r'));
+            on_line(kind, String::from_utf8_lossy(&line[..i]).trim_end_matches('\r'));
         }
     }
     for (buf, kind) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
         if !buf.is_empty() {
-            log.line(kind, &String::from_utf8_lossy(&buf));
+            on_line(kind, &String::from_utf8_lossy(&buf));
         }
     }
 }

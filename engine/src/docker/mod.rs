@@ -2,24 +2,28 @@
 //! share it: one client, names and labels for what pipe creates, images, log
 //! streams, and the collector that removes what dead runs left behind.
 
+mod build;
 mod error;
 mod gc;
 mod identity;
 mod ignore;
 mod image;
 mod logs;
+mod registry;
 
 use std::collections::HashMap;
 
 use bollard::Docker;
 use tokio::sync::OnceCell;
 
+pub use build::build;
 pub use error::DockerError;
 pub use gc::collect_garbage;
 pub use identity::Identity;
 pub use ignore::DockerIgnore;
 pub use image::{ensure_image, split_tag};
-pub use logs::{pump, tail};
+pub use logs::{lines, pump, tail};
+pub use registry::{check_reachable, push};
 
 static CLIENT: OnceCell<Result<Docker, DockerError>> = OnceCell::const_new();
 

@@ -2,7 +2,7 @@
 
 use kdl::KdlValue;
 
-use super::model::{Action, ContainerSpec, Env, Executor, ImageBuild, PullPolicy, Service};
+use super::model::{Action, ContainerSpec, Env, Executor, ImageBuild, PullPolicy, Service, Swarm};
 use super::parser::Parser;
 use super::reader::Node;
 
@@ -185,19 +185,33 @@ impl Parser {
         node.check_props(&[], &mut self.errs);
         node.check_arg_count(1, &mut self.errs);
         let name = node.arg_string("an executor", &mut self.errs)?;
-        let mut constraints = Vec::new();
+        let mut swarm = Swarm::default();
         for child in node.children() {
             match (child.name(), name.value.as_str()) {
                 ("constraint", "swarm") => {
                     self.leaf(child, &[], 1);
-                    constraints.extend(child.arg_string("a placement constraint", &mut self.errs).map(|c| c.value));
+                    swarm
+                        .constraints
+                        .extend(child.arg_string("a placement constraint", &mut self.errs).map(|c| c.value));
                 }
-                (other, _) => self.unknown(child, "a swarm `executor` block", &["constraint"], other),
+                ("registry", "swarm") => {
+                    self.leaf(child, &[], 1);
+                    let registry = child.arg_string("a registry (`host:port`)", &mut self.errs);
+                    if let Some(r) = &registry
+                        && (r.value.is_empty() || r.value.contains(['/', ' ', '@']))
+                    {
+                        let help =
+                            Some("the registry's `host:port`, as in `registry \"registry.ci:5000\"`".to_string());
+                        self.errs.invalid(&r.loc, "registry", format!("`{}` is not a registry host", r.value), help);
+                    }
+                    swarm.registry = registry.map(|r| r.value);
+                }
+                (other, _) => self.unknown(child, "a swarm `executor` block", &["constraint", "registry"], other),
             }
         }
         match name.value.as_str() {
             "docker" => Some(Executor::Docker),
-            "swarm" => Some(Executor::Swarm { constraints }),
+            "swarm" => Some(Executor::Swarm(swarm)),
             other => {
                 let help = Some("executor \"docker\" (the default) or executor \"swarm\"".to_string());
                 self.errs.invalid(&name.loc, "executor", format!("`{other}` is not an executor"), help);

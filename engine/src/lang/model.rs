@@ -63,9 +63,18 @@ pub struct Service {
 pub enum Executor {
     #[default]
     Docker,
-    /// As Docker Swarm services in `replicated-job` mode, placed by these
-    /// constraints (`node.role==worker`, `node.labels.ci==true`).
-    Swarm { constraints: Vec<String> },
+    /// As Docker Swarm services in `replicated-job` mode.
+    Swarm(Swarm),
+}
+
+/// `executor "swarm" { constraint "…"; registry "host:port" }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swarm {
+    /// Placement constraints (`node.role==worker`, `node.labels.ci==true`).
+    pub constraints: Vec<String>,
+    /// The registry every node pulls from. With one, steps may land on any
+    /// node: the workspace and the run's images travel through it.
+    pub registry: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

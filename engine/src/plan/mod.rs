@@ -120,6 +120,21 @@ impl Plan {
         self.graph.node_indices().find(|&i| self.graph[i].id == id)
     }
 
+    /// The registries swarm steps ship through, each once.
+    pub fn registries(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .graph
+            .node_weights()
+            .filter_map(|s| match &s.executor {
+                crate::lang::model::Executor::Swarm(swarm) => swarm.registry.clone(),
+                crate::lang::model::Executor::Docker => None,
+            })
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Whether a run of the plan needs the Docker Engine: container steps,
     /// image builds or services.
     pub fn uses_docker(&self) -> bool {

@@ -41,6 +41,9 @@ pub struct ContainerRun {
     pub labels: HashMap<String, String>,
     /// Swarm placement constraints (the Swarm executor only).
     pub placement: Vec<String>,
+    /// The registry the swarm's nodes pull from: the workspace is shipped
+    /// through it (the Swarm executor only).
+    pub registry: Option<String>,
 }
 
 pub async fn run(spec: &ContainerRun, log: &StepLog, cancel: &CancellationToken) -> Exit {

@@ -187,8 +187,9 @@ impl RunContext {
             let display = self.masker.mask(&format!("[{}] {script}", run.image));
             let invocation = match &step.executor {
                 crate::lang::model::Executor::Docker => Invocation::Container(Box::new(run)),
-                crate::lang::model::Executor::Swarm { constraints } => {
-                    run.placement = constraints.clone();
+                crate::lang::model::Executor::Swarm(swarm) => {
+                    run.placement = swarm.constraints.clone();
+                    run.registry = swarm.registry.clone();
                     Invocation::SwarmJob(Box::new(run))
                 }
             };
@@ -250,6 +251,7 @@ impl RunContext {
             workdir,
             labels: labels(&self.run_id, &self.pipeline, ("pipe.step", &step.id)),
             placement: Vec::new(),
+            registry: None,
         };
         Ok(run)
     }
@@ -301,6 +303,10 @@ impl RunContext {
             args: pairs(&build.args)?,
             labels,
             output_file: output_file.to_path_buf(),
+            push_to: match &step.executor {
+                crate::lang::model::Executor::Swarm(swarm) => swarm.registry.clone(),
+                crate::lang::model::Executor::Docker => None,
+            },
         };
         let display = self.masker.mask(&format!("image-build {} -t {}", run.context.display(), run.tags.join(" -t ")));
         Ok(Rendered { invocation: Invocation::ImageBuild(Box::new(run)), display })

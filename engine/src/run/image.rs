@@ -1,17 +1,16 @@
 //! The `image-build` executor: tars the context (honouring `.dockerignore` as
 //! Docker does, off the runtime thread), builds through the Engine API, streams
 //! the build output into the step's log, tags the result, and sets `image-id`
-//! and `tag` as step outputs.
+//! and `tag` as step outputs; under a swarm executor with a registry it is
+//! pushed there and `image` names it by digest (else `image` is the tag).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{self, DockerIgnore, split_tag};
-use crate::event::Stream;
 use crate::step::{Exit, StepLog};
 
 #[derive(Clone, Debug)]
@@ -23,6 +22,9 @@ pub struct ImageBuildRun {
     pub args: HashMap<String, String>,
     pub labels: HashMap<String, String>,
     pub output_file: PathBuf,
+    /// Under a swarm executor with a registry: pushed there, so that every
+    /// node runs these bytes, named by digest.
+    pub push_to: Option<String>,
 }
 
 pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
@@ -51,30 +53,8 @@ pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken
         forcerm: true,
         ..Default::default()
     };
-    let build = async {
-        let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-        let mut partial = String::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| format!("the build failed: {e}"))?;
-            if let Some(text) = info.stream {
-                partial.push_str(&text);
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    log.line(Stream::Stdout, line.trim_end());
-                }
-            }
-            if let Some(detail) = info.error_detail {
-                return Err(format!("the build failed: {}", detail.message.unwrap_or_default()));
-            }
-        }
-        Ok(())
-    };
-    let built = tokio::select! {
-        r = build => r,
-        () = cancel.cancelled() => return Exit::Cancelled,
-    };
-    if let Err(e) = built {
-        return Exit::Failed(e);
+    if let Err(e) = docker::build(docker, options, context, log, cancel).await {
+        return e.into();
     }
     let id = match docker.inspect_image(tag).await {
         Ok(image) => image.id.unwrap_or_default(),
@@ -90,11 +70,40 @@ pub async fn run(spec: &ImageBuildRun, log: &StepLog, cancel: &CancellationToken
             return Exit::Error(format!("cannot tag the image as `{extra}`: {e}"));
         }
     }
-    let outputs: BTreeMap<String, String> = [("image-id".to_string(), id), ("tag".to_string(), tag.clone())].into();
+    let image = match &spec.push_to {
+        Some(registry) => match push(docker, tag, registry, log, cancel).await {
+            Ok(digest) => digest,
+            Err(e) => return e.into(),
+        },
+        None => tag.clone(),
+    };
+    let outputs: BTreeMap<String, String> =
+        [("image-id".to_string(), id), ("tag".to_string(), tag.clone()), ("image".to_string(), image)].into();
     match std::fs::write(&spec.output_file, crate::step::outputs::render(&outputs)) {
         Ok(()) => Exit::Code(0),
         Err(e) => Exit::Error(format!("cannot record the build's outputs: {e}")),
     }
+}
+
+/// Pushes the built image to `registry` (tagged into it first when its tag
+/// names another place); answers its digest reference.
+async fn push(
+    docker: &bollard::Docker,
+    tag: &str,
+    registry: &str,
+    log: &StepLog,
+    cancel: &CancellationToken,
+) -> Result<String, docker::DockerError> {
+    let target = if tag.starts_with(&format!("{registry}/")) { tag.to_string() } else { format!("{registry}/{tag}") };
+    if target != tag {
+        let (repo, version) = split_tag(&target)?;
+        let options = TagImageOptions { repo: Some(repo), tag: Some(version) };
+        docker
+            .tag_image(tag, Some(options))
+            .await
+            .map_err(docker::DockerError::api(format!("tag `{tag}` as `{target}`")))?;
+    }
+    docker::push(docker, &target, log, cancel).await
 }
 
 /// The build context as a tar archive, without what `.dockerignore` excludes.

@@ -66,6 +66,9 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
             Ok(n) => tracing::info!(removed = n, "removed leftovers of dead runs"),
             Err(e) => tracing::warn!(error = %e, "could not look for leftovers of dead runs"),
         }
+        for registry in plan.registries() {
+            crate::docker::check_reachable(&registry).await?;
+        }
         Some(docker)
     } else {
         None
