@@ -43,11 +43,12 @@ fn main() {
     // One cluster on two cores: the tests take turns, the fault test last.
     args.test_threads.get_or_insert(1);
     let shared: Shared = Arc::new(OnceLock::new());
-    let tests: [(&str, fn(&Fixture) -> Result<(), Failed>); 5] = [
+    let tests: [(&str, fn(&Fixture) -> Result<(), Failed>); 6] = [
         ("an_unreachable_registry_is_one_error_before_any_step", unreachable_registry),
         ("a_worker_sees_no_workspace_unless_pipe_ships_it", unshipped_workspace_is_absent),
         ("the_workspace_is_shipped_to_workers_and_changes_come_back", shipped_workspace),
         ("a_built_image_is_pushed_and_run_by_digest_on_a_worker", built_image_by_digest),
+        ("sidecars_are_swarm_services_reachable_by_name_from_every_node", sidecars_on_the_swarm),
         ("a_worker_that_disappears_fails_its_step_and_leaves_nothing", worker_disappears),
     ];
     let trials = tests
@@ -176,6 +177,41 @@ pipeline "digest" {{
     check!(out.code == 0, "exit {}:\n{}\n{}", out.code, out.stdout, out.stderr);
     check!(out.stdout.contains(&format!("{}/pipe-test-app@sha256:", f.registry)), "not by digest:\n{}", out.stdout);
     check!(out.stdout.contains("v2"), "the worker did not run the built image:\n{}", out.stdout);
+    Ok(())
+}
+
+fn sidecars_on_the_swarm(f: &Fixture) -> Result<(), Failed> {
+    let name = format!("sidecars-{}", std::process::id());
+    let out = Test::new()
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    executor "swarm" {{ registry "{registry}" }}
+    container image="{image}"
+    service "web" image="{image}" {{
+        cmd "mkdir -p /www && echo pong > /www/ping && httpd -f -p 8080 -h /www"
+        health-cmd "wget -q -O- http://127.0.0.1:8080/ping" timeout="60s"
+    }}
+    stage "one" {{
+        executor "swarm" {{ constraint "node.hostname==pipe-node1"; registry "{registry}" }}
+        step "call" {{ run "echo node1 got $(wget -q -O- http://web:8080/ping)" }}
+    }}
+    stage "two" {{
+        executor "swarm" {{ constraint "node.hostname==pipe-node2"; registry "{registry}" }}
+        step "call" {{ run "echo node2 got $(wget -q -O- http://web:8080/ping)" }}
+    }}
+}}
+"#,
+            image = f.image,
+            registry = f.registry
+        ))
+        .args(&["run"])
+        .run();
+    check!(out.code == 0, "exit {}:\n{}\n{}", out.code, out.stdout, out.stderr);
+    check!(out.stdout.contains("node1 got pong") && out.stdout.contains("node2 got pong"), "{}", out.stdout);
+    check!(services_with("pipe.pipeline", &name).is_empty(), "services left behind");
+    let left = support::docker::networks_with("pipe.pipeline", &name);
+    check!(left.is_empty(), "the overlay network was left behind: {left:?}\n{}", out.stderr);
     Ok(())
 }
 

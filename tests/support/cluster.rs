@@ -1,6 +1,6 @@
 //! A real multi-node swarm on one machine: the machine's Docker Engine as the
 //! manager, and worker engines each in a network namespace of its own (on a
-//! bridge with addresses of the test's choosing) and a mount namespace of its
+//! switch of the test's own, with addresses of its choosing) and a mount namespace of its
 //! own (a tmpfs over /tmp and the checkout, so a worker sees a workspace only
 //! if pipe ships it), plus a local registry. Everything is torn down on drop,
 //! and leftovers of a run that was killed are cleared before the next starts.
@@ -10,7 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BASE: &str = "/var/tmp/pipe-test-cluster";
-const BRIDGE: &str = "pipetestbr0";
+/// The switch: a bridge in a namespace of its own, so that traffic between the
+/// workers never meets the machine's firewall (Docker's FORWARD policy drops
+/// bridged traffic it does not know).
+const SWITCH: &str = "pipe-test-switch";
+const UPLINK: &str = "pipe-test-up";
 const SUBNET: &str = "10.213.0";
 
 pub struct Cluster {
@@ -83,7 +87,9 @@ impl Cluster {
         std::fs::create_dir_all(BASE).expect("cluster dir");
         std::fs::write(format!("{BASE}/empty.json"), "{}").expect("empty config");
         must(&format!(
-            "ip link add {BRIDGE} type bridge && ip addr add {SUBNET}.1/24 dev {BRIDGE} && ip link set {BRIDGE} up"
+            "ip netns add {SWITCH} && ip -n {SWITCH} link add br0 type bridge && ip -n {SWITCH} link set br0 up && \
+             ip link add {UPLINK} type veth peer name up0 netns {SWITCH} && ip -n {SWITCH} link set up0 master br0 up && \
+             ip addr add {SUBNET}.1/24 dev {UPLINK} && ip link set {UPLINK} up"
         ));
         let mut cluster = Cluster { registry: String::new(), workers: Vec::new(), helpers: Vec::new() };
         cluster.start_registry();
@@ -131,8 +137,8 @@ impl Cluster {
         let (netns, dir) = (format!("pipe-test-node{i}"), PathBuf::from(format!("{BASE}/node{i}")));
         std::fs::create_dir_all(&dir).expect("node dir");
         must(&format!(
-            "ip netns add {netns} && ip link add pipe-tn{i} type veth peer name eth0 netns {netns} && \
-             ip link set pipe-tn{i} master {BRIDGE} up && ip -n {netns} addr add {SUBNET}.{n}/24 dev eth0 && \
+            "ip netns add {netns} && ip -n {SWITCH} link add port{i} type veth peer name eth0 netns {netns} && \
+             ip -n {SWITCH} link set port{i} master br0 up && ip -n {netns} addr add {SUBNET}.{n}/24 dev eth0 && \
              ip -n {netns} link set eth0 up && ip -n {netns} link set lo up && \
              ip -n {netns} route add default via {SUBNET}.1",
             n = i + 1
@@ -203,7 +209,8 @@ fn clear_leftovers() {
     for netns in output("ip netns list | awk '/^pipe-test-node/ {print $1}'").lines() {
         sh(&format!("ip netns delete {netns}"));
     }
-    sh(&format!("ip link delete {BRIDGE}"));
+    sh(&format!("ip netns delete {SWITCH}"));
+    sh(&format!("ip link delete {UPLINK}"));
     if ours {
         sh("docker swarm leave --force && docker network rm docker_gwbridge");
     }
@@ -233,7 +240,8 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        sh(&format!("ip link delete {BRIDGE}"));
+        sh(&format!("ip netns delete {SWITCH}"));
+        sh(&format!("ip link delete {UPLINK}"));
         let _ = std::fs::remove_dir_all(BASE);
     }
 }

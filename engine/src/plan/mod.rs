@@ -120,6 +120,11 @@ impl Plan {
         self.graph.node_indices().find(|&i| self.graph[i].id == id)
     }
 
+    /// Whether any step runs on a swarm: sidecars are then swarm services.
+    pub fn on_swarm(&self) -> bool {
+        self.graph.node_weights().any(|s| matches!(s.executor, crate::lang::model::Executor::Swarm(_)))
+    }
+
     /// The registries swarm steps ship through, each once.
     pub fn registries(&self) -> Vec<String> {
         let mut all: Vec<String> = self

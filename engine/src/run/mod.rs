@@ -79,8 +79,8 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     }
     let services = match (&docker, plan.services.is_empty()) {
         (Some(docker), false) => {
-            let started = services::Services::start(docker, &ctx, &plan.services).await?;
-            ctx.network = Some(started.network.clone());
+            let started = services::Services::start(docker, &ctx, &plan.services, plan.on_swarm()).await?;
+            ctx.network = Some(started.network().to_string());
             Some(started)
         }
         _ => None,

@@ -74,7 +74,9 @@ async fn run_service(
     let exit = match (exit, shipment) {
         (Exit::Code(code), Some(_)) => match receiver.unpack(spec) {
             Ok(n) => {
-                log.note(&format!("{n} changed file(s) came back from the swarm"));
+                if n > 0 {
+                    log.note(&format!("{n} changed file(s) came back from the swarm"));
+                }
                 Exit::Code(code)
             }
             Err(e) => Exit::Error(e),
@@ -237,6 +239,10 @@ fn service(spec: &ContainerRun, shipment: Option<&Shipment>) -> ServiceSpec {
                 }),
                 ..Default::default()
             }),
+            // The run's sidecar network (overlay, attachable) when it has sidecars.
+            networks: spec.network.as_ref().map(|n| {
+                vec![bollard::models::NetworkAttachmentConfig { target: Some(n.clone()), ..Default::default() }]
+            }),
             placement: (!spec.placement.is_empty())
                 .then(|| TaskSpecPlacement { constraints: Some(spec.placement.clone()), ..Default::default() }),
             restart_policy: Some(TaskSpecRestartPolicy {
@@ -251,7 +257,7 @@ fn service(spec: &ContainerRun, shipment: Option<&Shipment>) -> ServiceSpec {
 
 /// Swarm service names are DNS labels: letters, digits and `-`, at most 63
 /// characters. A hash of the full name keeps shortened ones unique.
-fn dns_label(name: &str) -> String {
+pub(crate) fn dns_label(name: &str) -> String {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut h = DefaultHasher::new();
     name.hash(&mut h);

@@ -1,6 +1,5 @@
-//! Service sidecars: a network per run, each service's container on it under its
-//! name, waited on until its `health-cmd` succeeds, all removed after the run.
-//! Container steps join the network, so they reach a service by name.
+//! Sidecars on the local engine: a bridge network per run, each service's
+//! container on it under its name, waited on until its `health-cmd` succeeds.
 
 use std::time::{Duration, Instant};
 
@@ -12,21 +11,21 @@ use bollard::models::{
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use futures_util::StreamExt;
 
-use super::RunError;
-use super::context::RunContext;
 use crate::docker::{DockerError, docker_name, ensure_image, labels};
 use crate::lang::model::Service;
+use crate::run::RunError;
+use crate::run::context::RunContext;
 use crate::step::StepLog;
 
-pub struct Services {
+pub struct Local {
     pub network: String,
     containers: Vec<String>,
 }
 
-impl Services {
+impl Local {
     /// Starts every service and waits until each is healthy. On failure, what was
     /// started is removed again before the error returns.
-    pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Services, RunError> {
+    pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Local, RunError> {
         let network = format!("pipe-{}", docker_name(&ctx.run_id));
         let request = NetworkCreateRequest {
             name: network.clone(),
@@ -34,7 +33,7 @@ impl Services {
             ..Default::default()
         };
         docker.create_network(request).await.map_err(DockerError::api(format!("create network {network}")))?;
-        let mut started = Services { network, containers: Vec::new() };
+        let mut started = Local { network, containers: Vec::new() };
         for service in services {
             if let Err(e) = started.start_one(docker, ctx, service).await {
                 started.stop(docker).await;
