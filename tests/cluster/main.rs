@@ -37,13 +37,14 @@ impl Drop for Fixture {
 }
 
 type Shared = Arc<OnceLock<Fixture>>;
+type ClusterTest = fn(&Fixture) -> Result<(), Failed>;
 
 fn main() {
     let mut args = Arguments::from_args();
     // One cluster on two cores: the tests take turns, the fault test last.
     args.test_threads.get_or_insert(1);
     let shared: Shared = Arc::new(OnceLock::new());
-    let tests: [(&str, fn(&Fixture) -> Result<(), Failed>); 6] = [
+    let tests: [(&str, ClusterTest); 6] = [
         ("an_unreachable_registry_is_one_error_before_any_step", unreachable_registry),
         ("a_worker_sees_no_workspace_unless_pipe_ships_it", unshipped_workspace_is_absent),
         ("the_workspace_is_shipped_to_workers_and_changes_come_back", shipped_workspace),

@@ -26,6 +26,8 @@ pub struct Cluster {
 
 pub struct Worker {
     pub hostname: String,
+    /// The engine (nsenter execs into it).
+    daemon: Child,
     netns: String,
     dir: PathBuf,
     stopped: bool,
@@ -57,6 +59,8 @@ impl Worker {
         for pid in containers.lines() {
             sh(&format!("kill -KILL {pid}"));
         }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
         self.stopped = true;
     }
 }
@@ -159,14 +163,14 @@ impl Cluster {
         );
         let log = std::fs::File::create(dir.join("dockerd.log")).expect("log");
         // `ip netns exec` would remount /sys, and the engine fails on cgroups then.
-        Command::new("nsenter")
+        let daemon = Command::new("nsenter")
             .args([&format!("--net=/run/netns/{netns}"), "unshare", "--mount", "--uts", "--propagation", "private"])
             .args(["sh", "-c", &script])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("dockerd");
-        let worker = Worker { hostname: format!("pipe-node{i}"), netns, dir, stopped: false };
+        let worker = Worker { hostname: format!("pipe-node{i}"), daemon, netns, dir, stopped: false };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !sh(&format!("docker -H {} info", worker.socket())) {
             assert!(Instant::now() < deadline, "worker engine {i} did not start: see {BASE}/node{i}/dockerd.log");
@@ -219,16 +223,16 @@ fn clear_leftovers() {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for w in &self.workers {
+        for w in &mut self.workers {
             if !w.stopped {
                 sh(&format!("docker -H {} swarm leave --force", w.socket()));
-            }
-            if let Some(pid) = w.pid() {
-                sh(&format!("kill -TERM {pid}"));
+                sh(&format!("kill -TERM {}", w.daemon.id()));
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                while w.daemon.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(100));
                 }
+                let _ = w.daemon.kill();
+                let _ = w.daemon.wait();
             }
             sh(&format!("pkill -KILL -f '{}'", w.dir.display()));
             sh(&format!("ip netns delete {}", w.netns));
