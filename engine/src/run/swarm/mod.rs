@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::container::{ContainerRun, OUTPUTS, WORKSPACE};
 use crate::docker::{self, ensure_image};
-use crate::event::Stream;
 use crate::step::{Exit, StepLog};
 use ship::{Receiver, Shipment};
 
@@ -28,8 +27,6 @@ const POLL: Duration = Duration::from_millis(100);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the node running the task is asked after.
 const NODE_CHECK: Duration = Duration::from_secs(1);
-/// How long a finished task's log may take to arrive in full.
-const LOG_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(spec: &ContainerRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
     let docker = match docker::client().await {
@@ -94,7 +91,8 @@ async fn run_service(
 async fn follow(docker: &Docker, service: &str, log: &StepLog, receiver: &mut Receiver) -> Exit {
     let filters = [("service".to_string(), vec![service.to_string()])].into_iter().collect();
     let options = ListTasksOptions { filters: Some(filters) };
-    let received = std::sync::Mutex::new(std::mem::take(receiver));
+    // The receiver, and how many lines the follow stream delivered.
+    let received = std::sync::Mutex::new((std::mem::take(receiver), 0usize));
     let mut logs: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
     let (mut logs_done, mut task_id) = (false, None);
     let (created, mut started, mut last_state) = (Instant::now(), false, String::new());
@@ -113,7 +111,8 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog, receiver: &mut Re
                     let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
                     docker::lines(docker.task_logs(&id, Some(options)), |kind, line| {
                         let mut r = received.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(own) = r.take(kind, line) {
+                        r.1 += 1;
+                        if let Some(own) = r.0.take(kind, line) {
                             log.line(kind, own);
                         }
                     })
@@ -163,28 +162,25 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog, receiver: &mut Re
             _ => tokio::time::sleep(POLL).await,
         }
     };
-    // The rest of a finished task's log, then, if the changes it gave back are
-    // still incomplete, its whole log once more, read to the end.
-    if let (Some(l), false, Exit::Code(_)) = (logs.take(), logs_done, &exit) {
-        let deadline = Instant::now() + LOG_GRACE;
-        let mut l = l;
-        while Instant::now() < deadline && !received.lock().is_ok_and(|r| r.complete) {
-            if tokio::time::timeout(POLL, l.as_mut()).await.is_ok() {
-                break;
-            }
-        }
-    }
+    // A finished task's follow stream may stay open: the log is read once
+    // more, to its end, and what the stream had not delivered yet is taken
+    // from there.
     drop(logs);
-    *receiver = received.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let (Exit::Code(_), Some(id), false) = (&exit, task_id, receiver.complete || receiver.expects_nothing()) {
-        let mut again = receiver.fresh();
+    let (mut rest, seen) = received.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let (Exit::Code(_), Some(id), false) = (&exit, task_id, logs_done) {
         let options = LogsOptions { stdout: true, stderr: true, ..Default::default() };
-        docker::lines(docker.task_logs(&id, Some(options)), |kind: Stream, line| {
-            again.take(kind, line);
+        let mut n = 0;
+        docker::lines(docker.task_logs(&id, Some(options)), |kind, line| {
+            n += 1;
+            if n > seen
+                && let Some(own) = rest.take(kind, line)
+            {
+                log.line(kind, own);
+            }
         })
         .await;
-        *receiver = again;
     }
+    *receiver = rest;
     exit
 }
 

@@ -33,6 +33,11 @@ const DOCKERFILE: &str = "Dockerfile";
 /// `find -newer` (whole seconds in busybox) misses nothing the step writes.
 const MARK: &str = "/pipe/shipped";
 
+/// Builds, pushes and removals of shipped images, one at a time: steps that
+/// ship the same workspace share its cached layers, and removing one step's
+/// image must not pull a layer from under a build that is reusing it.
+static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The step's workspace as pushed: what the task runs, and how it answers.
 pub struct Shipment {
     /// `registry/pipe-workspace@sha256:…`
@@ -60,19 +65,25 @@ impl Shipment {
             })?
             .map_err(|reason| DockerError::Build { reason })?;
         log.note(&format!("shipping the workspace ({}) through {registry}", human_bytes(context.len())));
+        // No labels: the legacy builder makes each one a step of its own, and
+        // each step is a container committed (a second apiece on some storage drivers).
         let options = BuildImageOptions {
             t: Some(local_tag.clone()),
             dockerfile: DOCKERFILE.into(),
-            labels: Some(spec.labels.clone()),
             rm: true,
             forcerm: true,
             ..Default::default()
         };
         let quiet = StepLog::sink(&spec.name);
-        docker::build(docker, options, context, &quiet, cancel).await?;
-        let image = docker::push(docker, &local_tag, &quiet, cancel).await;
+        let pushed = {
+            let _turn = ENGINE.lock().await;
+            match docker::build(docker, options, context, &quiet, cancel).await {
+                Ok(()) => docker::push(docker, &local_tag, &quiet, cancel).await,
+                Err(e) => Err(e),
+            }
+        };
         let shipment = Shipment { image: String::new(), local_tag, nonce };
-        match image {
+        match pushed {
             Ok(image) => Ok(Shipment { image, ..shipment }),
             Err(e) => {
                 shipment.discard(docker).await;
@@ -104,6 +115,7 @@ exit $rc"#,
 
     /// Removes the local tag (the registry keeps the layers, shared by later steps).
     pub async fn discard(self, docker: &Docker) {
+        let _turn = ENGINE.lock().await;
         let options = RemoveImageOptions { force: true, ..Default::default() };
         let _ = docker.remove_image(&self.local_tag, Some(options), None).await;
     }
@@ -156,11 +168,6 @@ impl Receiver {
     /// Without a shipment nothing comes back.
     pub fn expects_nothing(&self) -> bool {
         self.nonce.is_empty()
-    }
-
-    /// An empty receiver for the same step, to read its log once more.
-    pub fn fresh(&self) -> Receiver {
-        Receiver { nonce: self.nonce.clone(), ..Default::default() }
     }
 
     /// Writes the files back: workspace files into the pipeline's directory,
@@ -219,8 +226,9 @@ fn write(target: &Path, bytes: &[u8], executable: bool) -> std::io::Result<()> {
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))
 }
 
-/// The build context: the workspace under `workspace/`, an empty outputs
-/// directory, the mark, and a Dockerfile that puts them over `base`.
+/// The build context: under `root/` the workspace, an empty outputs directory
+/// and the mark where they go in the container, and a Dockerfile that copies
+/// them over `base` in one step (one layer).
 fn context(dir: &Path, base: &str, user: Option<&str>) -> Result<Vec<u8>, String> {
     let rules = match std::fs::read_to_string(dir.join(".pipeignore")) {
         Ok(text) => DockerIgnore::parse(&text, "")?,
@@ -244,13 +252,11 @@ fn context(dir: &Path, base: &str, user: Option<&str>) -> Result<Vec<u8>, String
             continue;
         }
         archive
-            .append_path_with_name(path, Path::new("workspace").join(rel))
+            .append_path_with_name(path, Path::new("root").join(&WORKSPACE[1..]).join(rel))
             .map_err(|e| format!("cannot add {} to the shipped workspace: {e}", path.display()))?;
     }
     let chown = user.map(|u| format!("--chown={u} ")).unwrap_or_default();
-    let dockerfile = format!(
-        "FROM {base}\nCOPY {chown}workspace/ {WORKSPACE}/\nCOPY {chown}outputs/ {OUTPUTS}/\nCOPY mark {MARK}\n"
-    );
+    let dockerfile = format!("FROM {base}\nCOPY {chown}root/ /\n");
     let shipped = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default() - Duration::from_secs(2);
     let mut add = |name: &str, bytes: &[u8], kind: tar::EntryType, mtime: u64| {
         let mut header = tar::Header::new_gnu();
@@ -261,9 +267,10 @@ fn context(dir: &Path, base: &str, user: Option<&str>) -> Result<Vec<u8>, String
         archive.append_data(&mut header, name, bytes)
     };
     let now = shipped.as_secs() + 2;
-    add("workspace/", b"", tar::EntryType::Directory, now)
-        .and_then(|()| add("outputs/", b"", tar::EntryType::Directory, now))
-        .and_then(|()| add("mark", b"", tar::EntryType::Regular, shipped.as_secs()))
+    let (workspace, outputs, mark) = (format!("root{WORKSPACE}/"), format!("root{OUTPUTS}/"), format!("root{MARK}"));
+    add(&workspace, b"", tar::EntryType::Directory, now)
+        .and_then(|()| add(&outputs, b"", tar::EntryType::Directory, now))
+        .and_then(|()| add(&mark, b"", tar::EntryType::Regular, shipped.as_secs()))
         .and_then(|()| add(DOCKERFILE, dockerfile.as_bytes(), tar::EntryType::Regular, now))
         .map_err(|e| format!("cannot write the shipped workspace: {e}"))?;
     archive.into_inner().map_err(|e| format!("cannot write the shipped workspace: {e}"))
