@@ -1,7 +1,9 @@
 //! The Swarm executor: a container step as a Docker Swarm service in
-//! `replicated-job` mode (one task, never restarted). Its task's container logs
-//! stream into the step's log, the task's exit code is the step's, and the
-//! service is removed afterwards — the same step as on the local engine.
+//! `replicated-job` mode (one task, never restarted). The task's log streams
+//! into the step's log through the manager, whichever node runs it; the task's
+//! exit code is the step's; a node lost under it fails the step; the service is
+//! removed afterwards. With a registry the workspace is shipped (`ship`), so
+//! the task may land on any node.
 
 mod ship;
 
