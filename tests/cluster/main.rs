@@ -253,7 +253,9 @@ pipeline "lost" {{
         ps.is_ok_and(|o| !o.stdout.is_empty())
     });
     f.cluster.lock().unwrap_or_else(|e| e.into_inner()).workers[1].kill();
+    let killed = std::time::Instant::now();
     let status = child.0.wait()?;
+    eprintln!("the step failed {:.1}s after its node was killed", killed.elapsed().as_secs_f64());
     let stdout = reader.join().unwrap_or_default();
     check!(status.code() == Some(1), "exit {:?}:\n{stdout}", status.code());
     check!(stdout.contains("swarm node pipe-node2 went down"), "no clear reason:\n{stdout}");
