@@ -44,12 +44,13 @@ fn main() {
     // One cluster on two cores: the tests take turns, the fault test last.
     args.test_threads.get_or_insert(1);
     let shared: Shared = Arc::new(OnceLock::new());
-    let tests: [(&str, ClusterTest); 6] = [
+    let tests: [(&str, ClusterTest); 7] = [
         ("an_unreachable_registry_is_one_error_before_any_step", unreachable_registry),
         ("a_worker_sees_no_workspace_unless_pipe_ships_it", unshipped_workspace_is_absent),
         ("the_workspace_is_shipped_to_workers_and_changes_come_back", shipped_workspace),
         ("a_built_image_is_pushed_and_run_by_digest_on_a_worker", built_image_by_digest),
         ("sidecars_are_swarm_services_reachable_by_name_from_every_node", sidecars_on_the_swarm),
+        ("ctrl_c_during_a_shipped_step_removes_its_service_and_image", cancelled_shipped_step),
         ("a_worker_that_disappears_fails_its_step_and_leaves_nothing", worker_disappears),
     ];
     let trials = tests
@@ -213,6 +214,31 @@ pipeline "{name}" {{
     check!(services_with("pipe.pipeline", &name).is_empty(), "services left behind");
     let left = support::docker::networks_with("pipe.pipeline", &name);
     check!(left.is_empty(), "the overlay network was left behind: {left:?}\n{}", out.stderr);
+    Ok(())
+}
+
+fn cancelled_shipped_step(f: &Fixture) -> Result<(), Failed> {
+    let name = format!("cancel-{}", std::process::id());
+    let test = Test::new().pipeline(&format!(
+        r#"
+pipeline "{name}" {{
+    executor "swarm" {{ constraint "node.hostname==pipe-node1"; registry "{registry}" }}
+    container image="{image}"
+    stage "s" {{ step "long" {{ run "sleep 300"; timeout "150s" }} }}
+}}
+"#,
+        image = f.image,
+        registry = f.registry
+    ));
+    let mut child = test.command().arg("run").spawn()?;
+    wait_until("the step's service", || !services_with("pipe.pipeline", &name).is_empty());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
+    let status = child.wait()?;
+    check!(status.code() == Some(130), "exit {:?}", status.code());
+    check!(services_with("pipe.pipeline", &name).is_empty(), "the step's service was left behind");
+    let images = std::process::Command::new("docker").args(["images", "-q", "*/pipe-workspace"]).output()?;
+    check!(images.stdout.is_empty(), "the shipped image was left behind");
     Ok(())
 }
 
