@@ -230,7 +230,8 @@ pipeline "{name}" {{
         image = f.image,
         registry = f.registry
     ));
-    let mut child = test.command().arg("run").spawn()?;
+    let quiet = || std::process::Stdio::null();
+    let mut child = test.command().arg("run").stdout(quiet()).stderr(quiet()).spawn()?;
     wait_until("the step's service", || !services_with("pipe.pipeline", &name).is_empty());
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
