@@ -64,7 +64,8 @@ impl Shipment {
                 reason: format!("internal error in pipe while tarring the workspace: {e}"),
             })?
             .map_err(|reason| DockerError::Build { reason })?;
-        log.note(&format!("shipping the workspace ({}) through {registry}", human_bytes(context.len())));
+        let size = bytesize::ByteSize::b(context.len() as u64);
+        log.note(&format!("shipping the workspace ({size}) through {registry}"));
         // No labels: the legacy builder makes each one a step of its own, and
         // each step is a container committed (a second apiece on some storage drivers).
         let options = BuildImageOptions {
@@ -127,7 +128,7 @@ pub struct Receiver {
     nonce: String,
     files: Vec<Returned>,
     current: Option<Returned>,
-    pub complete: bool,
+    complete: bool,
 }
 
 struct Returned {
@@ -279,14 +280,6 @@ fn context(dir: &Path, base: &str, user: Option<&str>) -> Result<Vec<u8>, String
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(SystemTime::now())
-}
-
-fn human_bytes(n: usize) -> String {
-    match n {
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / f64::from(1 << 10)),
-        n => format!("{n} B"),
-    }
 }
 
 #[cfg(test)]
