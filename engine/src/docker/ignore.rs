@@ -75,6 +75,49 @@ impl DockerIgnore {
     pub fn has_exceptions(&self) -> bool {
         self.rules.iter().any(|(_, include)| *include)
     }
+
+    /// The rules in `file`, none when there is no such file.
+    pub fn read(file: &Path, dockerfile: &str) -> Result<DockerIgnore, String> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => DockerIgnore::parse(&text, dockerfile),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::parse("", dockerfile),
+            Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+        }
+    }
+
+    /// Excludes `pattern` too, whatever the file says (it acts as its last line).
+    pub fn exclude(mut self, pattern: &str) -> Result<DockerIgnore, String> {
+        self.rules.extend(DockerIgnore::parse(pattern, "")?.rules);
+        Ok(self)
+    }
+
+    /// Adds to `archive` what of `dir` the rules let through, each under
+    /// `prefix`; symlinks as symlinks. Walked off any async thread by callers.
+    pub fn tar(self, dir: &Path, prefix: &Path, archive: &mut tar::Builder<Vec<u8>>) -> Result<(), String> {
+        let rules = std::sync::Arc::new(self);
+        let (root, pruning) = (dir.to_path_buf(), rules.clone());
+        // Without `!` lines nothing below an excluded directory can come back: skip it whole.
+        let prune = !rules.has_exceptions();
+        let walk = ignore::WalkBuilder::new(dir)
+            .standard_filters(false)
+            .filter_entry(move |e| {
+                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                !(prune && !rel.as_os_str().is_empty() && pruning.excludes(rel))
+            })
+            .build();
+        archive.follow_symlinks(false);
+        for entry in walk.filter_map(Result::ok) {
+            let path = entry.path();
+            let Ok(rel) = path.strip_prefix(dir) else { continue };
+            if rel.as_os_str().is_empty() || rules.excludes(rel) {
+                continue;
+            }
+            archive
+                .append_path_with_name(path, prefix.join(rel))
+                .map_err(|e| format!("cannot add {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Go's `filepath.Clean` of a relative pattern, with a leading `/` dropped.

@@ -12,7 +12,7 @@ use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions, 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{self, ensure_image, pump};
+use crate::docker::{self, DockerError, ensure_image, pump};
 use crate::lang::model::PullPolicy;
 use crate::step::{Exit, StepLog};
 
@@ -46,14 +46,20 @@ pub struct ContainerRun {
     pub registry: Option<String>,
 }
 
+impl ContainerRun {
+    /// The engine, with the step's image on it (pulled as `pull` says).
+    pub async fn engine(&self, log: &StepLog, cancel: &CancellationToken) -> Result<&'static Docker, DockerError> {
+        let docker = docker::client().await?;
+        ensure_image(docker, &self.image, self.pull, log, cancel).await?;
+        Ok(docker)
+    }
+}
+
 pub async fn run(spec: &ContainerRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
-    let docker = match docker::client().await {
+    let docker = match spec.engine(log, cancel).await {
         Ok(d) => d,
         Err(e) => return e.into(),
     };
-    if let Err(e) = ensure_image(docker, &spec.image, spec.pull, log, cancel).await {
-        return e.into();
-    }
     let created = docker
         .create_container(
             Some(CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() }),

@@ -111,33 +111,8 @@ fn tar_context(context: &Path, dockerfile: &str) -> Result<Vec<u8>, String> {
     if !context.is_dir() {
         return Err(format!("the build context {} is not a directory", context.display()));
     }
-    let rules = match std::fs::read_to_string(context.join(".dockerignore")) {
-        Ok(text) => DockerIgnore::parse(&text, dockerfile)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::parse("", dockerfile)?,
-        Err(e) => return Err(format!("cannot read {}: {e}", context.join(".dockerignore").display())),
-    };
+    let rules = DockerIgnore::read(&context.join(".dockerignore"), dockerfile)?;
     let mut archive = tar::Builder::new(Vec::new());
-    archive.follow_symlinks(false);
-    let rules = std::sync::Arc::new(rules);
-    let (root, pruning) = (context.to_path_buf(), rules.clone());
-    // Without `!` lines nothing below an excluded directory can come back: skip it whole.
-    let prune = !rules.has_exceptions();
-    let walk = ignore::WalkBuilder::new(context)
-        .standard_filters(false)
-        .filter_entry(move |e| {
-            let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-            !(prune && !rel.as_os_str().is_empty() && pruning.excludes(rel))
-        })
-        .build();
-    for entry in walk.filter_map(Result::ok) {
-        let path = entry.path();
-        let Ok(rel) = path.strip_prefix(context) else { continue };
-        if rel.as_os_str().is_empty() || rules.excludes(rel) {
-            continue;
-        }
-        archive
-            .append_path_with_name(path, rel)
-            .map_err(|e| format!("cannot add {} to the build context: {e}", path.display()))?;
-    }
+    rules.tar(context, Path::new(""), &mut archive).map_err(|e| format!("the build context: {e}"))?;
     archive.into_inner().map_err(|e| format!("cannot write the build context: {e}"))
 }

@@ -19,7 +19,7 @@ use bollard::query_parameters::{ListTasksOptions, LogsOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::container::{ContainerRun, OUTPUTS, WORKSPACE};
-use crate::docker::{self, ensure_image};
+use crate::docker;
 use crate::step::{Exit, StepLog};
 use ship::{Receiver, Shipment};
 
@@ -31,15 +31,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const NODE_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn run(spec: &ContainerRun, log: &StepLog, cancel: &CancellationToken) -> Exit {
-    let docker = match docker::client().await {
+    // The engine pipe talks to builds the shipped image on top of the step's,
+    // so it needs the step's image; without a registry, so does the node.
+    let docker = match spec.engine(log, cancel).await {
         Ok(d) => d,
         Err(e) => return e.into(),
     };
-    // The engine pipe talks to builds the shipped image on top of the step's,
-    // so it needs the step's image; without a registry, so does the node.
-    if let Err(e) = ensure_image(docker, &spec.image, spec.pull, log, cancel).await {
-        return e.into();
-    }
     let shipment = match &spec.registry {
         Some(registry) => match Shipment::send(docker, spec, registry, log, cancel).await {
             Ok(s) => Some(s),

@@ -231,31 +231,11 @@ fn write(target: &Path, bytes: &[u8], executable: bool) -> std::io::Result<()> {
 /// and the mark where they go in the container, and a Dockerfile that copies
 /// them over `base` in one step (one layer).
 fn context(dir: &Path, base: &str, user: Option<&str>) -> Result<Vec<u8>, String> {
-    let rules = match std::fs::read_to_string(dir.join(".pipeignore")) {
-        Ok(text) => DockerIgnore::parse(&text, "")?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::parse("", "")?,
-        Err(e) => return Err(format!("cannot read {}: {e}", dir.join(".pipeignore").display())),
-    };
+    // `.pipe/` (runs, logs, the cache) stays home, whatever `.pipeignore` says.
+    let rules = DockerIgnore::read(&dir.join(".pipeignore"), "")?.exclude(".pipe")?;
     let mut archive = tar::Builder::new(Vec::new());
-    archive.follow_symlinks(false);
-    let root = dir.to_path_buf();
-    let walk = ignore::WalkBuilder::new(dir)
-        .standard_filters(false)
-        .filter_entry(move |e| {
-            let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-            rel != Path::new(".pipe")
-        })
-        .build();
-    for entry in walk.filter_map(Result::ok) {
-        let path = entry.path();
-        let Ok(rel) = path.strip_prefix(dir) else { continue };
-        if rel.as_os_str().is_empty() || rules.excludes(rel) {
-            continue;
-        }
-        archive
-            .append_path_with_name(path, Path::new("root").join(&WORKSPACE[1..]).join(rel))
-            .map_err(|e| format!("cannot add {} to the shipped workspace: {e}", path.display()))?;
-    }
+    let into = Path::new("root").join(&WORKSPACE[1..]);
+    rules.tar(dir, &into, &mut archive).map_err(|e| format!("the shipped workspace: {e}"))?;
     let chown = user.map(|u| format!("--chown={u} ")).unwrap_or_default();
     let dockerfile = format!("FROM {base}\nCOPY {chown}root/ /\n");
     let shipped = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default() - Duration::from_secs(2);
