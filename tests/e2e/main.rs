@@ -10,6 +10,7 @@ mod containers;
 mod deploy;
 mod discovery;
 mod examples;
+mod injection;
 mod plugins;
 mod progressive;
 mod records;

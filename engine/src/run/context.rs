@@ -12,6 +12,7 @@ use super::executor::Invocation;
 use super::git::GitInfo;
 use super::image::ImageBuildRun;
 use super::process::{ProcessSpec, ProgramCache};
+use super::script::{ScriptWriter, Written};
 use crate::docker::{docker_name, labels};
 use crate::lang::interp::{RefKind, Reference, Template};
 use crate::lang::model::{Action, Condition, ContainerSpec, ImageBuild, Outcome, PluginCall, RunCommand, Test};
@@ -178,13 +179,15 @@ impl RunContext {
                 return Ok(Rendered { display: run.display.clone(), invocation: Invocation::Approve(run) });
             }
         };
-        let script = script.render(|r| self.resolve(r, step, view, &env))?;
+        let (script, vars) = self.script(script, shell.as_deref(), |r| self.resolve(r, step, view, &env))?;
+        let mut env = env;
+        env.extend(vars);
         if let Some(spec) = &step.container {
             let image = spec.image.render(|r| self.resolve(r, step, view, &env))?;
-            let (program, args) = command_line(&script, shell.as_deref());
+            let (program, args) = command_line(&script.text, shell.as_deref());
             let cmd = std::iter::once(program).chain(args).collect();
             let mut run = self.render_container(step, spec, image, cmd, env, output_file)?;
-            let display = self.masker.mask(&format!("[{}] {script}", run.image));
+            let display = self.masker.mask(&format!("[{}] {}", run.image, script.shown));
             let invocation = match &step.executor {
                 crate::lang::model::Executor::Docker => Invocation::Container(Box::new(run)),
                 crate::lang::model::Executor::Swarm(swarm) => {
@@ -195,7 +198,7 @@ impl RunContext {
             };
             return Ok(Rendered { invocation, display });
         }
-        let (program, args) = command_line(&script, shell.as_deref());
+        let (program, args) = command_line(&script.text, shell.as_deref());
         let program = self.programs.resolve(&program, env.contains_key("PATH"));
         let mut vars: Vec<(String, String)> = env.into_iter().collect();
         vars.push(("PIPE_OUTPUT".into(), output_file.display().to_string()));
@@ -204,9 +207,34 @@ impl RunContext {
         vars.push(("PIPE_STEP".into(), step.id.clone()));
         vars.push(("PIPE_WORKSPACE".into(), self.dir.display().to_string()));
         Ok(Rendered {
-            display: self.masker.mask(&script),
+            display: self.masker.mask(&script.shown),
             invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir }),
         })
+    }
+
+    /// A `run` script and the variables its references travel in
+    /// ([`super::script`]); refused for a shell that does not read `"$VAR"`.
+    pub(super) fn script(
+        &self,
+        t: &Template,
+        shell: Option<&[String]>,
+        resolve: impl FnMut(&Reference) -> Result<String, RenderError>,
+    ) -> Result<(Written, Vec<(String, String)>), RenderError> {
+        if let Some(program) = shell.and_then(|s| s.first())
+            && !is_posix_shell(program)
+            && let Some(r) = t.refs().next()
+        {
+            return Err(RenderError {
+                reference: r.text.clone(),
+                reason: format!(
+                    "`{program}` is not a POSIX shell, so the value cannot be passed to it as data; \
+                     set it in the step's `env {{ }}` and read it from the environment"
+                ),
+            });
+        }
+        let mut writer = ScriptWriter::default();
+        let written = writer.write(t, resolve)?;
+        Ok((written, writer.into_vars()))
     }
 
     fn render_container(
@@ -324,9 +352,9 @@ impl RunContext {
         let refused = |reason: String| RenderError { reference: call.uses.value.clone(), reason };
         let plugin =
             self.plugins.get(&step.id).cloned().ok_or_else(|| refused("the plugin was not prepared".into()))?;
-        let render = |t: &Template| t.render(|r| self.resolve(r, step, view, env));
-        let mut config: Vec<(String, String)> =
-            call.config.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect::<Result<_, RenderError>>()?;
+        let resolve = |r: &Reference| self.resolve(r, step, view, env);
+        let render = |t: &Template| t.render(resolve);
+        let mut config = settings(&call.config, &plugin.info.fields, &resolve)?;
         let granted = self.render_grants(&call.grants, &render, env)?;
         let granted = granted.with_settings(&mut config, &plugin.info.fields, &self.dir).map_err(refused)?;
         granted.check(&self.protected).map_err(refused)?;
@@ -449,6 +477,33 @@ impl RunContext {
             Test::Output { step, key, equals } => view.output(&step.value, key).is_some_and(|v| v == equals),
         }
     }
+}
+
+/// A plugin call's settings, rendered. A setting that holds a command is
+/// split into words by the host (it grants running exactly that command), so
+/// each value in it is quoted: it stays one word, whatever its bytes.
+pub(super) fn settings(
+    config: &[(String, Template)],
+    fields: &[crate::plugin::contract::FieldInfo],
+    resolve: &dyn Fn(&Reference) -> Result<String, RenderError>,
+) -> Result<Vec<(String, String)>, RenderError> {
+    config
+        .iter()
+        .map(|(key, t)| {
+            let command = fields.iter().any(|f| f.name == *key && f.kind == crate::plugin::grants::FieldKind::Command);
+            let value = t.render(|r| {
+                let v = resolve(r)?;
+                Ok(if command { shell_words::quote(&v).into_owned() } else { v })
+            })?;
+            Ok((key.clone(), value))
+        })
+        .collect()
+}
+
+/// Shells that expand `"${VAR}"` as POSIX says, by the program's file name.
+fn is_posix_shell(program: &str) -> bool {
+    let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or(program);
+    matches!(name, "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "busybox")
 }
 
 /// Words that only a shell understands, at the start of a command.

@@ -16,6 +16,7 @@ pub mod process;
 mod records;
 mod render_deploy;
 mod scheduler;
+pub mod script;
 pub mod secrets;
 mod services;
 mod standalone;

@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::RenderError;
-use super::context::{RunContext, View};
+use super::context::{RunContext, View, settings};
 use super::executor::Invocation;
+use super::script::ScriptWriter;
 use crate::deploy::{
     AnalysisRun, CanaryRun, CommandInstance, DeployRun, DockerInstance, InstanceRun, JournalStore, NotifyRun,
     PreviousRun, ProbeRun, RoleRun, SlotRun, StrategyRun, VerifyRun,
 };
 use crate::docker::docker_name;
-use crate::lang::interp::{RefKind, SlotField, Template};
+use crate::lang::interp::{RefKind, Reference, SlotField, Template};
 use crate::lang::model::{Deploy, Instance, Role, Slot, Strategy};
 use crate::plan::PlannedStep;
 use crate::plugin::PluginState;
@@ -39,21 +40,18 @@ impl RunContext {
             (None, Instance::Docker { image, .. }) => plain(image)?,
             (None, Instance::Command { .. }) => self.git.sha.clone(),
         };
-        let in_slot = |t: &Template, slot: &Slot| {
-            t.render(|r| match &r.kind {
-                RefKind::Slot(SlotField::Name) => Ok(slot.name.clone()),
-                RefKind::Slot(SlotField::Port) => Ok(slot.port.to_string()),
-                RefKind::Slot(SlotField::Address) => Ok(format!("127.0.0.1:{}", slot.port)),
-                RefKind::DeployVersion => Ok(version.clone()),
-                _ => self.resolve(r, step, view, env),
-            })
+        let in_slot = |r: &Reference, slot: &Slot| match &r.kind {
+            RefKind::Slot(SlotField::Name) => Ok(slot.name.clone()),
+            RefKind::Slot(SlotField::Port) => Ok(slot.port.to_string()),
+            RefKind::Slot(SlotField::Address) => Ok(format!("127.0.0.1:{}", slot.port)),
+            RefKind::DeployVersion => Ok(version.clone()),
+            _ => self.resolve(r, step, view, env),
         };
-        let own = |t: &Template| {
-            t.render(|r| match &r.kind {
-                RefKind::DeployVersion => Ok(version.clone()),
-                _ => self.resolve(r, step, view, env),
-            })
+        let own_ref = |r: &Reference| match &r.kind {
+            RefKind::DeployVersion => Ok(version.clone()),
+            _ => self.resolve(r, step, view, env),
         };
+        let own = |t: &Template| t.render(own_ref);
         let slots = d
             .slots
             .iter()
@@ -61,7 +59,7 @@ impl RunContext {
                 Ok(SlotRun {
                     name: slot.name.clone(),
                     port: slot.port,
-                    instance: self.instance(d, slot, &version, &|t| in_slot(t, slot))?,
+                    instance: self.instance(d, slot, &version, &|r| in_slot(r, slot))?,
                 })
             })
             .collect::<Result<Vec<_>, RenderError>>()?;
@@ -76,7 +74,7 @@ impl RunContext {
                     .as_ref()
                     .map(|a| {
                         Ok::<_, RenderError>(AnalysisRun {
-                            role: self.role(step, &a.role, "analysis", &own, env)?,
+                            role: self.role(step, &a.role, "analysis", &own_ref, env)?,
                             window: a.window,
                             min_samples: a.min_samples,
                             on_no_data: a.on_no_data,
@@ -91,7 +89,10 @@ impl RunContext {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                Ok(NotifyRun { role: self.role(step, &n.role, &format!("notify-{i}"), &own, env)?, on: n.on.clone() })
+                Ok(NotifyRun {
+                    role: self.role(step, &n.role, &format!("notify-{i}"), &own_ref, env)?,
+                    on: n.on.clone(),
+                })
             })
             .collect::<Result<Vec<_>, RenderError>>()?;
         let previous = match &d.strategy {
@@ -108,8 +109,8 @@ impl RunContext {
             git_sha: self.git.sha.clone(),
             inputs: self.inputs(step, view),
             slots,
-            health: self.role(step, &d.health, "health", &own, env)?,
-            traffic: self.role(step, &d.traffic, "traffic", &own, env)?,
+            health: self.role(step, &d.health, "health", &own_ref, env)?,
+            traffic: self.role(step, &d.traffic, "traffic", &own_ref, env)?,
             verify: d
                 .verify
                 .as_ref()
@@ -154,8 +155,11 @@ impl RunContext {
         d: &Deploy,
         slot: &Slot,
         version: &str,
-        render: &dyn Fn(&Template) -> Result<String, RenderError>,
+        resolve: &dyn Fn(&Reference) -> Result<String, RenderError>,
     ) -> Result<InstanceRun, RenderError> {
+        let render = |t: &Template| t.render(resolve);
+        // Commands are shell scripts: their values travel as variables.
+        let mut scripts = ScriptWriter::default();
         let env = |e: &crate::lang::model::Env| -> Result<Vec<(String, String)>, RenderError> {
             let mut vars: Vec<(String, String)> =
                 e.0.iter().map(|v| Ok((v.name.clone(), render(&v.value)?))).collect::<Result<_, RenderError>>()?;
@@ -166,7 +170,9 @@ impl RunContext {
         };
         Ok(match &d.instance {
             Instance::Docker { image, pull, port, env: e, cmd, network, memory } => {
+                let cmd = cmd.as_ref().map(|c| scripts.write(c, resolve)).transpose()?.map(|w| w.text);
                 let mut vars = env(e)?;
+                vars.extend(scripts.into_vars());
                 // Inside the container the app listens on its own port.
                 if let Some(p) = vars.iter_mut().find(|(k, _)| k == "PORT") {
                     p.1 = port.to_string();
@@ -187,17 +193,17 @@ impl RunContext {
                     port: *port,
                     host_port: slot.port,
                     env: vars,
-                    cmd: cmd.as_ref().map(render).transpose()?,
+                    cmd,
                     network: network.clone(),
                     memory: *memory,
                     labels,
                 })
             }
             Instance::Command { start, stop, status, env: e } => InstanceRun::Command(CommandInstance {
-                start: render(start)?,
-                stop: stop.as_ref().map(render).transpose()?,
-                status: status.as_ref().map(render).transpose()?,
-                env: env(e)?,
+                start: scripts.write(start, resolve)?.text,
+                stop: stop.as_ref().map(|t| scripts.write(t, resolve)).transpose()?.map(|w| w.text),
+                status: status.as_ref().map(|t| scripts.write(t, resolve)).transpose()?.map(|w| w.text),
+                env: env(e)?.into_iter().chain(scripts.into_vars()).collect(),
                 workdir: self.dir.clone(),
                 log_file: self
                     .root
@@ -214,18 +220,18 @@ impl RunContext {
         step: &PlannedStep,
         role: &Role,
         which: &str,
-        render: &dyn Fn(&Template) -> Result<String, RenderError>,
+        resolve: &dyn Fn(&Reference) -> Result<String, RenderError>,
         env: &BTreeMap<String, String>,
     ) -> Result<RoleRun, RenderError> {
+        let render = |t: &Template| t.render(resolve);
         let refused = |reason: String| RenderError { reference: role.uses.value.clone(), reason };
         let plugin = self
             .plugins
             .get(&role_key(&step.id, which))
             .cloned()
             .ok_or_else(|| refused(format!("the {which} plugin was not prepared")))?;
-        let mut config: Vec<(String, String)> =
-            role.config.iter().map(|(k, v)| Ok((k.clone(), render(v)?))).collect::<Result<_, RenderError>>()?;
-        let granted = self.render_grants(&role.grants, render, env)?;
+        let mut config = settings(&role.config, &plugin.info.fields, resolve)?;
+        let granted = self.render_grants(&role.grants, &render, env)?;
         let granted = granted.with_settings(&mut config, &plugin.info.fields, &self.dir).map_err(refused)?;
         granted.check(&self.protected).map_err(refused)?;
         Ok(RoleRun {
@@ -260,23 +266,21 @@ impl RunContext {
         let Some(live) = journal.load().map_err(|e| refused(e.to_string()))?.live else { return Ok(None) };
         let mut instances = BTreeMap::new();
         for slot in &d.slots {
-            let render = |t: &Template| {
-                t.render(|r| match &r.kind {
-                    RefKind::Slot(SlotField::Name) => Ok(slot.name.clone()),
-                    RefKind::Slot(SlotField::Port) => Ok(slot.port.to_string()),
-                    RefKind::Slot(SlotField::Address) => Ok(format!("127.0.0.1:{}", slot.port)),
-                    RefKind::DeployVersion => Ok(live.version.clone()),
-                    RefKind::GitSha => Ok(live.git_sha.clone()),
-                    RefKind::StepOutput { stage, step: name, key } => {
-                        live.inputs.get(&format!("{stage}.{name}.{key}")).cloned().ok_or_else(|| RenderError {
-                            reference: r.text.clone(),
-                            reason: format!("release {} did not record it", live.version),
-                        })
-                    }
-                    _ => self.resolve(r, step, view, env),
-                })
+            let resolve = |r: &Reference| match &r.kind {
+                RefKind::Slot(SlotField::Name) => Ok(slot.name.clone()),
+                RefKind::Slot(SlotField::Port) => Ok(slot.port.to_string()),
+                RefKind::Slot(SlotField::Address) => Ok(format!("127.0.0.1:{}", slot.port)),
+                RefKind::DeployVersion => Ok(live.version.clone()),
+                RefKind::GitSha => Ok(live.git_sha.clone()),
+                RefKind::StepOutput { stage, step: name, key } => {
+                    live.inputs.get(&format!("{stage}.{name}.{key}")).cloned().ok_or_else(|| RenderError {
+                        reference: r.text.clone(),
+                        reason: format!("release {} did not record it", live.version),
+                    })
+                }
+                _ => self.resolve(r, step, view, env),
             };
-            instances.insert(slot.name.clone(), self.instance(d, slot, &live.version, &render)?);
+            instances.insert(slot.name.clone(), self.instance(d, slot, &live.version, &resolve)?);
         }
         Ok(Some(PreviousRun { version: live.version, instances }))
     }
