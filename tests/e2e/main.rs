@@ -5,6 +5,7 @@ mod support;
 
 mod affected;
 mod cache;
+mod cache_attacks;
 mod cancel;
 mod containers;
 mod deploy;
