@@ -11,6 +11,7 @@ mod containers;
 mod deploy;
 mod discovery;
 mod examples;
+mod includes;
 mod plugins;
 mod progressive;
 mod records;

@@ -171,6 +171,9 @@ pub(super) struct Body {
     pub hooks: Hooks,
     pub changes: Option<Vec<Spanned<String>>>,
     pub on_push: Vec<Spanned<String>>,
+    /// An include could not be read: its stages are unknown, so "no stages"
+    /// would only bury the include's own error.
+    pub unread_include: bool,
 }
 
 impl Parser {
@@ -180,7 +183,7 @@ impl Parser {
         let name = node.arg_string("a name", &mut self.errs)?;
         let mut body = Body::default();
         self.body(node, &mut body);
-        if body.stages.is_empty() {
+        if body.stages.is_empty() && !body.unread_include {
             self.errs.push(LangError::EmptyPipeline {
                 name: name.value.clone(),
                 src: node.src.named(),

@@ -31,7 +31,10 @@ pub(super) fn include(parser: &mut Parser, node: Node, body: &mut Body) {
     }
     let (file, text) = match parser.boundary.read(node.src.dir(), &path.value) {
         Ok(read) => read,
-        Err(refusal) => return fail(parser, refusal.reason, refusal.help),
+        Err(refusal) => {
+            body.unread_include = true;
+            return fail(parser, refusal.reason, refusal.help);
+        }
     };
     let name = relative_name(&node.src.name, &path.value);
     let src = Source::new(name, &file, text);
