@@ -116,6 +116,21 @@ fn a_symbolic_link_planted_in_the_workspace_is_not_written_through() {
     refused(&test, &out, "`out` in the workspace is a symbolic link");
 }
 
+/// A hard link is no symbolic link, and a restore that truncated it in place
+/// would write into the file outside: the restore replaces it instead.
+#[test]
+fn a_hard_link_planted_in_the_workspace_is_replaced_not_written_through() {
+    let (test, _) = primed();
+    let victim = test.path().join("victim.txt");
+    std::fs::write(&victim, "precious").expect("victim");
+    std::fs::remove_file(test.path().join("svc/out/app")).expect("rm");
+    std::fs::hard_link(&victim, test.path().join("svc/out/app")).expect("hard link");
+    let out = go(&test, &[]);
+    assert_eq!(out.step("build.app")["details"]["cache"]["hit"], true, "{}", out.stdout);
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious");
+    assert_eq!(std::fs::read_to_string(test.path().join("svc/out/app")).expect("out/app"), "built\nlater\n");
+}
+
 #[test]
 fn restored_output_values_are_checked_like_fresh_ones() {
     let (test, entry) = primed();

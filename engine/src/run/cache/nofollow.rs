@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// A plain relative path: only normal components (no `..`, no root, no
 /// prefix), at least one of them. `.` components are dropped.
@@ -87,15 +88,21 @@ impl Tree {
         Ok(Tree { root: self.dir(rel)? })
     }
 
-    /// Creates or truncates the file at `rel` with `mode` (permission bits only).
+    /// Creates the file at `rel` afresh with `mode` (permission bits only).
+    /// A file already there is unlinked first, never truncated: it may be a
+    /// hard link to a file outside, whose content a truncation would replace.
     pub fn create_file(&self, rel: &RelPath, mode: u32) -> io::Result<File> {
         let (name, parents) = rel.parts().split_last().ok_or_else(|| io::Error::other("an empty path"))?;
         let dir = self.dir(parents)?;
+        match unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mode = mode & 0o777;
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(&dir, name.as_os_str(), flags, Mode::from_bits_truncate(mode))?;
         let file = File::from(fd);
-        // O_CREAT's mode does not apply to a file that was already there.
+        // The umask narrowed O_CREAT's mode; outputs keep theirs (an executable stays one).
         file.set_permissions(Permissions::from_mode(mode))?;
         Ok(file)
     }
@@ -139,12 +146,20 @@ mod tests {
         std::fs::write(outside.path().join("f"), "keep").expect("write");
         std::os::unix::fs::symlink(outside.path(), work.path().join("dir")).expect("link");
         std::os::unix::fs::symlink(outside.path().join("f"), work.path().join("f")).expect("link");
+        std::fs::write(outside.path().join("hard"), "keep").expect("write");
+        std::fs::hard_link(outside.path().join("hard"), work.path().join("hard")).expect("hard link");
         let tree = Tree::open(work.path()).expect("open");
-        for rel in ["dir/f", "dir/new/g", "f"] {
+        for rel in ["dir/f", "dir/new/g"] {
             let e = tree.create_file(&RelPath::parse(rel).expect("rel"), 0o644).expect_err(rel);
             assert!(is_link_on_the_way(&e), "{rel}: {e}");
         }
+        for rel in ["f", "hard"] {
+            let mut f = tree.create_file(&RelPath::parse(rel).expect("rel"), 0o644).expect(rel);
+            io::Write::write_all(&mut f, b"new").expect("write");
+        }
+        assert!(!work.path().join("f").symlink_metadata().expect("f").is_symlink(), "the link was replaced");
         assert_eq!(std::fs::read_to_string(outside.path().join("f")).expect("read"), "keep");
+        assert_eq!(std::fs::read_to_string(outside.path().join("hard")).expect("read"), "keep");
         assert!(!outside.path().join("new").exists());
         let mut f = tree.create_file(&RelPath::parse("a/b/c").expect("rel"), 0o755).expect("create");
         io::Write::write_all(&mut f, b"x").expect("write");
