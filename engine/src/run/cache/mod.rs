@@ -308,5 +308,8 @@ mod tests {
         assert!(!store.entry_dir("a").exists() && store.entry_dir("c").exists());
         let missing = CacheJob { spec: spec(&["src/**"], &["nope"]), ..job.clone() };
         assert!(store.store("d", "x", &missing, &outputs, Duration::ZERO).is_err());
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("target/app/link")).expect("link");
+        let why = store.store("e", "build.app", &job, &outputs, Duration::ZERO).expect_err("a link in the outputs");
+        assert!(why.contains("`target/app/link` is a symbolic link"), "{why}");
     }
 }
