@@ -5,11 +5,13 @@ mod support;
 
 mod affected;
 mod cache;
+mod cache_attacks;
 mod cancel;
 mod containers;
 mod deploy;
 mod discovery;
 mod examples;
+mod includes;
 mod injection;
 mod plugins;
 mod progressive;

@@ -37,7 +37,7 @@ impl Project {
                 Some(f) => f.display().to_string(),
                 None => lang::discover::display_name(&root, &path),
             };
-            match lang::load_file(&path, &name) {
+            match lang::load_file(&path, &name, &root) {
                 Ok(pipelines) => {
                     for pipeline in pipelines {
                         let plan = plan::plan(&pipeline);

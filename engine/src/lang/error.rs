@@ -155,6 +155,8 @@ pub enum LangError {
         src: NamedSource<Arc<str>>,
         #[label("included here")]
         span: SourceSpan,
+        #[help]
+        help: Option<String>,
     },
 
     #[error("cannot read {path}: {source}")]

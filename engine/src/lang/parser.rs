@@ -7,6 +7,7 @@ use std::sync::Arc;
 use kdl::KdlDocument;
 
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
+use super::include_path::Boundary;
 use super::interp::{RefKind, Template};
 use super::model::{
     Action, Approve, ContainerSpec, Env, Executor, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage,
@@ -70,9 +71,10 @@ const STEP_NODES: &[&str] = &[
 ];
 const RESERVED_STAGE_NAMES: &[&str] = &["on-success", "on-failure", "always"];
 
-/// Parses one file's text into the pipelines it defines. A template file defines none.
-pub fn parse_source(src: &Arc<Source>) -> Result<Vec<Pipeline>, Errors> {
-    let mut parser = Parser { errs: Errors::default(), depth: 0 };
+/// Parses one file's text into the pipelines it defines. A template file
+/// defines none. Includes read only files inside `boundary`.
+pub fn parse_source(src: &Arc<Source>, boundary: Boundary) -> Result<Vec<Pipeline>, Errors> {
+    let mut parser = Parser { errs: Errors::default(), depth: 0, boundary };
     let doc = parse_kdl(src)?;
     let mut pipelines = Vec::new();
     let mut names: HashMap<String, Loc> = HashMap::new();
@@ -153,6 +155,8 @@ pub(super) struct Parser {
     pub(super) errs: Errors,
     /// Include nesting, bounded so that a template including itself stops.
     pub(super) depth: usize,
+    /// Where includes may read from: the repository.
+    pub(super) boundary: Boundary,
 }
 
 /// What the body of a pipeline (or of an included template) contributes.
@@ -167,6 +171,9 @@ pub(super) struct Body {
     pub hooks: Hooks,
     pub changes: Option<Vec<Spanned<String>>>,
     pub on_push: Vec<Spanned<String>>,
+    /// An include could not be read: its stages are unknown, so "no stages"
+    /// would only bury the include's own error.
+    pub unread_include: bool,
 }
 
 impl Parser {
@@ -176,7 +183,7 @@ impl Parser {
         let name = node.arg_string("a name", &mut self.errs)?;
         let mut body = Body::default();
         self.body(node, &mut body);
-        if body.stages.is_empty() {
+        if body.stages.is_empty() && !body.unread_include {
             self.errs.push(LangError::EmptyPipeline {
                 name: name.value.clone(),
                 src: node.src.named(),

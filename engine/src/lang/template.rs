@@ -16,21 +16,25 @@ pub(super) fn include(parser: &mut Parser, node: Node, body: &mut Body) {
     node.check_arg_count(1, &mut parser.errs);
     node.check_no_children(&mut parser.errs);
     let Some(path) = node.arg_string("a template path", &mut parser.errs) else { return };
-    let fail = |parser: &mut Parser, reason: String| {
+    let fail = |parser: &mut Parser, reason: String, help: Option<String>| {
         parser.errs.push(LangError::Include {
             path: path.value.clone(),
             reason,
             src: path.loc.src.named(),
             span: path.loc.span,
+            help,
         })
     };
     if parser.depth >= MAX_DEPTH {
-        return fail(parser, format!("includes nest deeper than {MAX_DEPTH} (does a template include itself?)"));
+        let reason = format!("includes nest deeper than {MAX_DEPTH} (does a template include itself?)");
+        return fail(parser, reason, None);
     }
-    let file = node.src.dir().join(&path.value);
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) => return fail(parser, format!("{} ({})", e, file.display())),
+    let (file, text) = match parser.boundary.read(node.src.dir(), &path.value) {
+        Ok(read) => read,
+        Err(refusal) => {
+            body.unread_include = true;
+            return fail(parser, refusal.reason, refusal.help);
+        }
     };
     let name = relative_name(&node.src.name, &path.value);
     let src = Source::new(name, &file, text);
@@ -43,7 +47,7 @@ pub(super) fn include(parser: &mut Parser, node: Node, body: &mut Body) {
     };
     let templates: Vec<_> = doc.nodes().iter().filter(|n| n.name().value() == "template").collect();
     let [template] = templates.as_slice() else {
-        return fail(parser, format!("{} must hold exactly one `template` node", path.value));
+        return fail(parser, format!("{} must hold exactly one `template` node", path.value), None);
     };
     let template = Node::new(template, &src);
 

@@ -118,7 +118,7 @@ pub async fn run(job: Job) -> Finished {
         let stored = if status == Status::Succeeded {
             let (c2, k2, step, out, took) =
                 (c.clone(), k.clone(), job.step.clone(), outputs.clone(), started.elapsed());
-            let put = move || c2.store.store(&k2, &step, &c2.spec, &c2.dir, &out, took);
+            let put = move || c2.store.store(&k2, &step, &c2, &out, took);
             match tokio::task::spawn_blocking(put).await.unwrap_or_else(|e| Err(e.to_string())) {
                 Ok(()) => true,
                 Err(why) => {
@@ -146,16 +146,17 @@ pub async fn run(job: Job) -> Finished {
 }
 
 /// A hit: the entry's files restored, its outputs given back, nothing run.
-/// A restore that fails is a miss (the step runs).
+/// An entry that is refused is a miss (the step runs), and the log says why.
 async fn from_cache(job: &Job, c: &CacheJob, key: &str, started: Instant) -> Option<Finished> {
-    let (c2, k2) = (c.clone(), key.to_string());
-    let entry = tokio::task::spawn_blocking(move || {
-        let entry = c2.store.lookup(&k2)?;
-        c2.store.restore(&k2, &entry, &c2.dir).ok()?;
-        Some(entry)
-    })
-    .await
-    .ok()??;
+    let (c2, k2, step) = (c.clone(), key.to_string(), job.step.clone());
+    let restored = tokio::task::spawn_blocking(move || c2.store.restore(&k2, &step, &c2)).await.ok()?;
+    let entry = match restored {
+        Ok(entry) => entry?,
+        Err(refused) => {
+            job.log.note(&refused.to_string());
+            return None;
+        }
+    };
     job.events.send(Event::StepStarted { step: job.step.clone(), attempt: 1, command: job.display.clone() });
     let saved = humantime::format_duration(Duration::from_millis(entry.duration_ms / 100 * 100));
     job.log.note(&format!("cached (key {}…, saved {saved})", &key[..8]));

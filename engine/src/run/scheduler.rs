@@ -238,9 +238,12 @@ impl<'p> Scheduler<'p> {
             events: self.events.clone(),
             cancel,
             cache: match (&step.cache, &self.ctx.cache) {
-                (Some(spec), Some(store)) => {
-                    Some(CacheJob { store: store.clone(), spec: spec.clone(), dir: self.ctx.dir.clone() })
-                }
+                (Some(spec), Some(store)) => Some(CacheJob {
+                    store: store.clone(),
+                    spec: spec.clone(),
+                    dir: self.ctx.dir.clone(),
+                    masker: self.ctx.masker.clone(),
+                }),
                 _ => None,
             },
         })

@@ -1,0 +1,315 @@
+//! The step cache: a step with `cache { inputs …; outputs … }` whose key is
+//! unchanged is not run again; its output files and step outputs are
+//! restored. The key is a SHA-256 of the step's id, its rendered command
+//! (program, arguments, working directory; a container's image digest and
+//! settings; a plugin's digest and settings), its environment (secret values
+//! enter only through the hash) and the contents of its input files.
+//!
+//! Entries live in `.pipe/cache/<key>/` (`entry.json` and `files/`), are
+//! written under a temporary name and renamed into place, are bounded in
+//! total size (`PIPE_CACHE_SIZE`, default 2 GiB, measured on disk) with the
+//! least recently used evicted first. Whoever can write `.pipe/` can forge an
+//! entry, so an entry is checked before use ([`check`]) and written back
+//! without following links ([`nofollow`]); one that fails is a miss whose
+//! reason the step's log shows, never a failure.
+
+mod check;
+mod files;
+mod key;
+mod nofollow;
+mod usage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lang::model::Cache;
+use crate::step::Masker;
+pub use check::Refused;
+use nofollow::Tree;
+
+const DEFAULT_MAX: u64 = 2 << 30;
+
+/// The cache of one repository.
+#[derive(Clone, Debug)]
+pub struct StepCache {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+/// What a cached run of a step left.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub step: String,
+    /// How long the step took when it ran: what a hit saves.
+    pub duration_ms: u64,
+    pub outputs: BTreeMap<String, String>,
+    /// Output paths stored, relative to the pipeline's directory: exactly
+    /// the step's declared outputs.
+    pub files: Vec<String>,
+    /// For people reading the entry; eviction measures the files instead.
+    pub bytes: u64,
+}
+
+/// A step's cache settings, resolved for one run.
+#[derive(Clone)]
+pub struct CacheJob {
+    pub store: StepCache,
+    pub spec: Cache,
+    /// The pipeline's directory: inputs and outputs are relative to it.
+    pub dir: PathBuf,
+    /// The run's secrets: an output holding one is never written to an entry.
+    pub masker: Masker,
+}
+
+impl StepCache {
+    pub fn open(root: &Path) -> StepCache {
+        let max_bytes =
+            std::env::var("PIPE_CACHE_SIZE").ok().and_then(|v| crate::lang::parse_size(&v)).unwrap_or(DEFAULT_MAX);
+        StepCache { dir: root.join(".pipe").join("cache"), max_bytes }
+    }
+
+    fn entry_dir(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// Puts back what the entry for `key` holds, under `job.dir`, and returns
+    /// it; `None` when there is no entry. An entry that fails a check is
+    /// removed and refused, and nothing of it is written before every check
+    /// that can be made up front has passed.
+    pub fn restore(&self, key: &str, step: &str, job: &CacheJob) -> Result<Option<Entry>, Refused> {
+        let dir = self.entry_dir(key);
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Refused(format!("cannot read the entry: {e}"))),
+            Ok(m) if !m.is_dir() => {
+                let _ = usage::remove(&dir);
+                return Err(Refused("the entry is not a directory".into()));
+            }
+            Ok(_) => {}
+        }
+        let result = (|| -> Result<Entry, Refused> {
+            let entry = check::read(&dir)?;
+            let outputs = check::against(&entry, step, &job.spec, &job.masker)?;
+            let stored = dir.join("files");
+            let items = files::list(&stored, &outputs).map_err(|e| Refused(format!("the stored {e}")))?;
+            files::no_links_on_the_way(&job.dir, &items).map_err(Refused)?;
+            let tree = Tree::open(&job.dir).map_err(|e| Refused(format!("cannot open {}: {e}", job.dir.display())))?;
+            files::copy(&stored, &items, &tree).map_err(Refused)?;
+            Ok(entry)
+        })();
+        match result {
+            Ok(entry) => {
+                // Touched: the least recently used go first.
+                let _ = touch(&dir.join("entry.json"));
+                Ok(Some(entry))
+            }
+            Err(refused) => {
+                tracing::warn!(key, reason = %refused.0, "refusing a cache entry; removing it");
+                let _ = usage::remove(&dir);
+                Err(refused)
+            }
+        }
+    }
+
+    /// Stores the step's result under `key`: its declared outputs (copied from
+    /// `job.dir`) and step outputs. Says why when it cannot.
+    pub fn store(
+        &self,
+        key: &str,
+        step: &str,
+        job: &CacheJob,
+        outputs: &BTreeMap<String, String>,
+        took: Duration,
+    ) -> Result<(), String> {
+        let declared = check::declared(&job.spec)?;
+        check::outputs_hold(outputs, &job.masker)?;
+        let items = files::list(&job.dir, &declared).map_err(|e| format!("its declared output {e}"))?;
+        self.own_dirs()?;
+        let tmp = self.dir.join(format!("{}{key}-{}", usage::TMP_PREFIX, std::process::id()));
+        let _ = usage::remove(&tmp);
+        let written = (|| -> Result<(), String> {
+            std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let tree = Tree::open(&tmp).map_err(|e| format!("cannot open {}: {e}", tmp.display()))?;
+            let files_dir = tree.sub(&["files".into()]).map_err(|e| format!("cannot create the entry: {e}"))?;
+            let bytes = files::copy(&job.dir, &items, &files_dir)?;
+            let entry = Entry {
+                step: step.to_string(),
+                duration_ms: took.as_millis() as u64,
+                outputs: outputs.clone(),
+                files: declared.iter().map(ToString::to_string).collect(),
+                bytes,
+            };
+            let json = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            let name = nofollow::RelPath::parse("entry.json").ok_or("a plain name")?;
+            let mut file = tree.create_file(&name, 0o644).map_err(|e| format!("cannot write the entry: {e}"))?;
+            std::io::Write::write_all(&mut file, &json).map_err(|e| format!("cannot write the entry: {e}"))?;
+            let target = self.entry_dir(key);
+            let _ = usage::remove(&target);
+            std::fs::rename(&tmp, &target).map_err(|e| format!("cannot write the cache entry: {e}"))
+        })();
+        if let Err(e) = written {
+            let _ = usage::remove(&tmp);
+            return Err(e);
+        }
+        self.evict();
+        Ok(())
+    }
+
+    /// `.pipe` and `.pipe/cache` are pipe's own directories, not links to elsewhere.
+    fn own_dirs(&self) -> Result<(), String> {
+        for d in [self.dir.parent(), Some(self.dir.as_path())].into_iter().flatten() {
+            match std::fs::symlink_metadata(d) {
+                Ok(m) if m.file_type().is_symlink() => return Err(format!("{} is a symbolic link", d.display())),
+                Ok(_) => {}
+                Err(_) => std::fs::create_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries and the total size of the cache directory, measured (a store
+    /// in progress counts in the size, not as an entry).
+    pub fn usage(&self) -> (usize, u64) {
+        let items = usage::scan(&self.dir);
+        (items.iter().filter(|i| !i.in_progress).count(), items.iter().map(|i| i.bytes).sum())
+    }
+
+    pub fn clear(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn evict(&self) {
+        let mut items = usage::scan(&self.dir);
+        let mut total: u64 = items.iter().map(|i| i.bytes).sum();
+        items.retain(|i| !i.in_progress);
+        items.sort_by_key(|i| i.last_used);
+        for item in items {
+            if total <= self.max_bytes {
+                break;
+            }
+            let _ = usage::remove(&item.path);
+            total = total.saturating_sub(item.bytes);
+        }
+    }
+}
+
+fn touch(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::File::options().write(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)?;
+    f.set_modified(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::reader::Spanned;
+    use crate::run::executor::Invocation;
+
+    fn spec(inputs: &[&str], outputs: &[&str]) -> Cache {
+        let loc = crate::lang::Loc::new(&crate::lang::Source::new("t", "t", "x"), (0..1).into());
+        let s = |v: &&str| Spanned { value: v.to_string(), loc: loc.clone() };
+        Cache { inputs: inputs.iter().map(s).collect(), outputs: outputs.iter().map(s).collect() }
+    }
+
+    fn process(program: &str, env: &[(&str, &str)], dir: &Path) -> Invocation {
+        Invocation::Process(crate::run::process::ProcessSpec {
+            program: program.into(),
+            args: vec!["-c".into(), "true".into()],
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            workdir: dir.to_path_buf(),
+        })
+    }
+
+    #[tokio::test]
+    async fn every_part_of_the_key_invalidates_it() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let dir = repo.path().join("svc");
+        std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+        std::fs::create_dir_all(repo.path().join("shared")).expect("mkdir");
+        std::fs::write(dir.join("src/main.rs"), "fn main() {}").expect("write");
+        std::fs::write(repo.path().join("shared/lib.rs"), "pub fn f() {}").expect("write");
+        std::fs::write(dir.join("README"), "not an input").expect("write");
+        let job = CacheJob {
+            store: StepCache::open(repo.path()),
+            spec: spec(&["src/**", "../shared/**"], &[]),
+            dir: dir.clone(),
+            masker: Masker::default(),
+        };
+        let key = |inv: Invocation| {
+            let job = job.clone();
+            async move { job.key("build.app", &inv).await.expect("key") }
+        };
+        let base = key(process("sh", &[("A", "1")], &dir)).await;
+        assert_eq!(base, key(process("sh", &[("A", "1")], &dir)).await, "stable");
+        std::fs::write(dir.join("README"), "changed, but not an input").expect("write");
+        assert_eq!(base, key(process("sh", &[("A", "1")], &dir)).await, "files outside the inputs do not count");
+        assert_ne!(base, key(process("bash", &[("A", "1")], &dir)).await, "the command");
+        assert_ne!(base, key(process("sh", &[("A", "2")], &dir)).await, "the env (a secret's value too)");
+        assert_eq!(
+            base,
+            key(process("sh", &[("A", "1"), ("PIPE_RUN_ID", "other-run")], &dir)).await,
+            "what differs in every run does not count"
+        );
+        std::fs::write(dir.join("src/main.rs"), "fn main() { }").expect("write");
+        let changed = key(process("sh", &[("A", "1")], &dir)).await;
+        assert_ne!(base, changed, "an input's contents");
+        std::fs::write(repo.path().join("shared/lib.rs"), "pub fn g() {}").expect("write");
+        assert_ne!(changed, key(process("sh", &[("A", "1")], &dir)).await, "shared code reached with ../");
+        std::fs::write(dir.join("src/new.rs"), "").expect("write");
+        let added = key(process("sh", &[("A", "1")], &dir)).await;
+        std::fs::rename(dir.join("src/new.rs"), dir.join("src/renamed.rs")).expect("rename");
+        assert_ne!(added, key(process("sh", &[("A", "1")], &dir)).await, "a renamed input");
+        let other = CacheJob { spec: spec(&["src/**"], &[]), ..job.clone() };
+        assert_ne!(other.key("build.other", &process("sh", &[], &dir)).await.expect("key"), base, "the step");
+    }
+
+    #[test]
+    fn entries_round_trip_corrupt_ones_are_refused_and_the_oldest_go_first() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let dir = repo.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("target/app")).expect("mkdir");
+        std::fs::write(dir.join("target/app/bin"), vec![7u8; 1000]).expect("write");
+        let store = StepCache { max_bytes: 2500, ..StepCache::open(&dir) };
+        let job = CacheJob {
+            store: store.clone(),
+            spec: spec(&["src/**"], &["target/app"]),
+            dir: dir.clone(),
+            masker: Masker::new(["s3cret-value"]),
+        };
+        let outputs = BTreeMap::from([("version".to_string(), "1.2".to_string())]);
+        store.store("k1", "build.app", &job, &outputs, Duration::from_secs(3)).expect("store");
+        std::fs::remove_dir_all(dir.join("target")).expect("clean");
+        let entry = store.restore("k1", "build.app", &job).expect("valid").expect("hit");
+        assert_eq!((entry.duration_ms, entry.outputs.get("version").map(String::as_str)), (3000, Some("1.2")));
+        assert_eq!(std::fs::read(dir.join("target/app/bin")).expect("restored").len(), 1000);
+        assert!(store.restore("nope", "build.app", &job).expect("no entry").is_none());
+
+        let refused = store.restore("k1", "other.step", &job).expect_err("another step's entry");
+        assert!(refused.to_string().contains("stored for step `build.app`"), "{refused}");
+        assert!(!store.entry_dir("k1").exists(), "a refused entry is removed");
+
+        let secret = BTreeMap::from([("token".to_string(), "x-s3cret-value-y".to_string())]);
+        let why = store.store("k2", "build.app", &job, &secret, Duration::ZERO).expect_err("a secret output");
+        assert!(why.contains("`token` holds a secret"), "{why}");
+
+        for k in ["a", "b", "c"] {
+            store.store(k, "build.app", &job, &outputs, Duration::ZERO).expect("store");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (entries, bytes) = store.usage();
+        assert_eq!(entries, 2, "bounded: the least recently used went first");
+        assert!((2000..2500).contains(&bytes), "measured on disk: {bytes}");
+        assert!(!store.entry_dir("a").exists() && store.entry_dir("c").exists());
+        let missing = CacheJob { spec: spec(&["src/**"], &["nope"]), ..job.clone() };
+        assert!(store.store("d", "x", &missing, &outputs, Duration::ZERO).is_err());
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("target/app/link")).expect("link");
+        let why = store.store("e", "build.app", &job, &outputs, Duration::ZERO).expect_err("a link in the outputs");
+        assert!(why.contains("`target/app/link` is a symbolic link"), "{why}");
+    }
+}
