@@ -100,15 +100,28 @@ fn parse_line(line: &str) -> Result<Vec<String>, String> {
     let blob = words.next().ok_or("a key type without its key")?;
     let bytes =
         base64::engine::general_purpose::STANDARD.decode(blob).map_err(|_| format!("the {kind} key is not base64"))?;
-    // The key blob starts with its own type, as an SSH string.
-    let inner = bytes
-        .get(..4)
-        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-        .and_then(|len| bytes.get(4..4 + len));
-    if inner != Some(kind.as_bytes()) {
-        return Err(format!("the key is not a {kind} key"));
+    // A key blob is SSH strings end to end, the first its own type; an
+    // ed25519 key is then 32 bytes.
+    let fields = ssh_strings(&bytes).ok_or_else(|| format!("the {kind} key is truncated or malformed"))?;
+    match fields.as_slice() {
+        [first, ..] if *first != kind.as_bytes() => return Err(format!("the key is not a {kind} key")),
+        [_, key] if kind == "ssh-ed25519" && key.len() == 32 => {}
+        _ if kind == "ssh-ed25519" => return Err("the ssh-ed25519 key is not 32 bytes".into()),
+        [_, _, ..] => {}
+        _ => return Err(format!("the {kind} key is truncated or malformed")),
     }
     Ok(principals)
+}
+
+/// The length-prefixed fields of an SSH wire blob, when they fill it exactly.
+fn ssh_strings(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut fields = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        fields.push(bytes.get(4..4usize.checked_add(len)?)?);
+        bytes = &bytes[4 + len..];
+    }
+    Some(fields)
 }
 
 /// `cert-authority,namespaces="pipe-approval,git"`: only options ssh-keygen
@@ -167,6 +180,7 @@ mod tests {
             ("alice ssh-ed25519 not-base64!".to_string(), "line 1: the ssh-ed25519 key is not base64"),
             (format!("# x\nalice ssh-rsa {}", &KEY[12..]), "line 2: the key is not a ssh-rsa key"),
             ("alice".to_string(), "line 1: a principal without a key"),
+            ("bob ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINOTAKEY".to_string(), "line 1: the ssh-ed25519 key is"),
             (format!("alice trusted {KEY}"), "line 1: unknown option `trusted`"),
             ("# nobody\n".to_string(), "names no key"),
         ];
