@@ -10,7 +10,7 @@ use crate::support::{Test, wait_until};
 const ATTACKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e/attacks");
 
 /// An ed25519 key pair `name` under `dir` (no passphrase); the private key's path.
-fn key(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn key(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).expect("key dir");
     let path = dir.join(name);
     let ok = Command::new("ssh-keygen")
@@ -22,7 +22,7 @@ fn key(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-fn public(key: &Path) -> String {
+pub(crate) fn public(key: &Path) -> String {
     let text = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
     text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
