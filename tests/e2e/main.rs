@@ -4,6 +4,7 @@
 mod support;
 
 mod affected;
+mod approvals;
 mod cache;
 mod cache_attacks;
 mod cancel;

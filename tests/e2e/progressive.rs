@@ -7,6 +7,7 @@
 use std::process::{Child, Stdio};
 use std::time::Instant;
 
+use crate::approvals::{key, public};
 use crate::support::deploy::{Haproxy, Repo, Timeline, shop_app, shop_image};
 use crate::support::docker::containers_with;
 use crate::support::servers::{Backend, Nginx, free_port, get};
@@ -43,9 +44,15 @@ fn reason(out: &Output) -> String {
 
 /// A canary of the shop service (`command` instances) behind nginx.
 fn canary(nginx: &Nginx, blue: u16, green: u16, extra: &str) -> Repo {
+    canary_with(nginx, blue, green, extra, &[])
+}
+
+/// A canary, with more files in its repository.
+fn canary_with(nginx: &Nginx, blue: u16, green: u16, extra: &str, files: &[(&str, &str)]) -> Repo {
     let name = format!("canary{blue}");
     let p = nginx.prefix.display();
-    let test = Test::new().pipeline(&format!(
+    let test = files.iter().fold(Test::new(), |t, (path, text)| t.file(path, text));
+    let test = test.pipeline(&format!(
         r#"
 pipeline "{name}" {{
     stage "release" {{
@@ -219,6 +226,47 @@ fn a_canary_waits_for_promote_or_abort_from_another_process() {
     assert_eq!(served(nginx.port), "v2");
 }
 
+/// A canary whose deployment names approvers: promoting needs a key of its
+/// allowed-signers file; mallory's is refused, the canary waits on.
+#[test]
+fn a_canary_with_approvers_is_promoted_only_by_a_signed_decision() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let gate = r#"steps { weight 50 approve=#true timeout="1m"; weight 100 }
+            approvers "allowed_signers""#;
+    let keys = tempfile::tempdir().expect("keys");
+    let (alice, mallory) = (key(keys.path(), "alice"), key(keys.path(), "mallory"));
+    let signers = format!("alice@example.com {}\n", public(&alice));
+    let repo = canary_with(&nginx, blue, green, gate, &[("allowed_signers", &signers)]);
+    assert_eq!(pipe(&repo, &["run"], "v1", "0").code, 0);
+    let waiting = || std::fs::read_to_string(repo.state_file()).is_ok_and(|s| s.contains(r#"\"waiting\":\""#));
+    let run = spawn(&repo, &["run"], "v2");
+    wait_until("the canary to wait for a person", waiting);
+    let decision = std::fs::read_dir(repo.path().join(".pipe/approvals"))
+        .expect("approvals")
+        .flatten()
+        .map(|e| e.path().with_extension("decision"))
+        .next()
+        .expect("a gate");
+    let nobody = keys.path().join("no-home");
+    let unsigned = repo.pipe(&["deploy", "promote"], &[("HOME", nobody.to_str().expect("utf-8"))]);
+    assert_eq!(unsigned.code, 1, "{}", unsigned.stderr);
+    assert!(unsigned.stderr.contains("name your SSH key with --key"), "{}", unsigned.stderr);
+    let refused = repo.pipe(&["deploy", "promote", "--key", mallory.to_str().expect("utf-8")], &[]);
+    assert_eq!(refused.code, 0, "{}", refused.stderr);
+    wait_until("the run to read mallory's decision", || !decision.exists());
+    assert!(waiting(), "still waiting after mallory's promotion");
+    let promote = repo.pipe(&["deploy", "promote", "--key", alice.to_str().expect("utf-8")], &[]);
+    assert_eq!(promote.code, 0, "{}{}", promote.stdout, promote.stderr);
+    let out = run.wait_with_output().expect("pipe run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("is signed by a key that allowed_signers does not name"), "{stdout}");
+    assert!(stdout.contains("promoted by alice@example.com"), "{stdout}");
+    assert_eq!(served(nginx.port), "v2");
+}
+
 #[test]
 fn an_approve_step_waits_for_pipe_approve_from_another_process() {
     let test = Test::new().pipeline(
@@ -231,7 +279,11 @@ pipeline "gated" {
     );
     let child = test.command().arg("run").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn pipe");
     let approvals = test.path().join(".pipe/approvals");
-    wait_until("the gate to open", || std::fs::read_dir(&approvals).is_ok_and(|mut d| d.next().is_some()));
+    // The `.waiting` file itself, not the temporary file it is written through.
+    wait_until("the gate to open", || {
+        std::fs::read_dir(&approvals)
+            .is_ok_and(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "waiting")))
+    });
     let list = test.pipe(&["approve", "some-other-run"], &[]);
     assert_eq!(list.code, 1);
     assert!(list.stderr.contains("gate.go: Ship it?"), "it lists what waits: {}", list.stderr);

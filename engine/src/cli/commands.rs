@@ -102,10 +102,12 @@ fn report(root: &std::path::Path, run: &str, open: bool) -> u8 {
 
 /// `pipe approve` / `pipe abort`: the decision, for the waiting run to read.
 fn decide(root: &std::path::Path, gate: super::GateArgs, approved: bool, reason: Option<String>) -> u8 {
-    match crate::approval::decide(root, gate.run.as_deref(), gate.step.as_deref(), approved, reason) {
+    let key = gate.key.as_deref();
+    match crate::approval::decide(root, gate.run.as_deref(), gate.step.as_deref(), approved, reason, key) {
         Ok(w) => {
             let what = if approved { "approved" } else { "aborted" };
-            println!("{what}: {} of run {} ({})", w.step, w.run, w.message);
+            let question = crate::approval::shown(&w.message);
+            println!("{what}: {} of run {} ({question})", w.step, w.run);
             exit::OK
         }
         Err(e) => {

@@ -37,7 +37,14 @@ pub enum DeployCommand {
     /// Stop every instance of a deployment (the proxy is not told): take the service down.
     Stop { pipeline: Option<String>, deploy: Option<String> },
     /// Let a canary waiting for a person go on to its next step.
-    Promote { pipeline: Option<String>, deploy: Option<String> },
+    Promote {
+        pipeline: Option<String>,
+        deploy: Option<String>,
+        /// The SSH key that signs the decision, when the deployment names
+        /// approvers (default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+    },
     /// Fail a canary waiting for a person: it is rolled back.
     Abort {
         pipeline: Option<String>,
@@ -45,6 +52,9 @@ pub enum DeployCommand {
         /// Why, for the log and the notifications.
         #[arg(long)]
         reason: Option<String>,
+        /// The SSH key that signs the decision, as for `promote`.
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
     },
 }
 
@@ -56,7 +66,7 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 
         DeployCommand::Rollback { pipeline, deploy } => (pipeline, deploy, "rollback"),
         DeployCommand::History { pipeline, deploy } => (pipeline, deploy, "history"),
         DeployCommand::Stop { pipeline, deploy } => (pipeline, deploy, "stop"),
-        DeployCommand::Promote { pipeline, deploy } => (pipeline, deploy, "promote"),
+        DeployCommand::Promote { pipeline, deploy, .. } => (pipeline, deploy, "promote"),
         DeployCommand::Abort { pipeline, deploy, .. } => (pipeline, deploy, "abort"),
     };
     let loaded = match with_deploys(&project, pipeline.as_deref()) {
@@ -82,12 +92,13 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 
             Err(code) => code,
         },
         DeployCommand::Promote { .. } | DeployCommand::Abort { .. } => {
-            let reason = match &command {
-                DeployCommand::Abort { reason, .. } => reason.clone(),
-                _ => None,
+            let (reason, key) = match &command {
+                DeployCommand::Abort { reason, key, .. } => (reason.clone(), key.clone()),
+                DeployCommand::Promote { key, .. } => (None, key.clone()),
+                _ => (None, None),
             };
             match pick(&deploys, deploy_name.as_deref()) {
-                Ok((_, name)) => decide(root, name, &store, action == "promote", reason),
+                Ok((_, name)) => decide(root, name, &store, (action == "promote", reason), key.as_deref()),
                 Err(code) => code,
             }
         }
@@ -259,7 +270,8 @@ pub fn describe(j: &Journal) -> Vec<String> {
 
 /// `promote` and `abort`: the decision for the gate the deployment waits at,
 /// written for the waiting `pipe` (another process) to read.
-fn decide(root: &Path, name: &str, store: &StateStore, approved: bool, reason: Option<String>) -> u8 {
+fn decide(root: &Path, name: &str, store: &StateStore, what: (bool, Option<String>), key: Option<&Path>) -> u8 {
+    let (approved, reason) = what;
     let journal = match JournalStore::new(store.clone(), name).load() {
         Ok(j) => j,
         Err(e) => {
@@ -271,7 +283,7 @@ fn decide(root: &Path, name: &str, store: &StateStore, approved: bool, reason: O
         eprintln!("error: `{name}` is not waiting for a person; see `pipe deploy status`");
         return exit::FAILED;
     };
-    match crate::approval::decide(root, Some(&p.run_id), Some(&p.to.step), approved, reason) {
+    match crate::approval::decide(root, Some(&p.run_id), Some(&p.to.step), approved, reason, key) {
         Ok(_) => {
             let what = if approved { "promoted" } else { "aborted: it rolls back" };
             println!("{name}: {} {what}", p.to.version);

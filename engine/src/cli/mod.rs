@@ -197,6 +197,11 @@ pub struct GateArgs {
     pub run: Option<String>,
     /// The waiting step, when the run waits at several.
     pub step: Option<String>,
+    /// The SSH key that signs the decision, when the gate names approvers
+    /// (a private key, or a public key whose private half is in ssh-agent).
+    /// Default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa, the first that exists.
+    #[arg(long)]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -147,7 +147,7 @@ impl Driver<'_> {
     async fn await_person(&mut self, what: &str, timeout: Duration) -> Result<Duration, DeployError> {
         let began = Instant::now();
         let d = self.d;
-        let gate = Gate::open(&d.root, &d.pipeline, &d.run_id, &d.step, what, timeout)?;
+        let gate = Gate::open(&d.root, &d.pipeline, &d.run_id, &d.step, what, timeout, d.approvers.clone())?;
         let how = format!("`pipe deploy promote {0}` or `pipe deploy abort {0}`", d.name);
         let waiting = format!("{what} — {how}");
         self.note(format!("waiting for {waiting}"));
@@ -160,7 +160,8 @@ impl Driver<'_> {
         })
         .await?;
         self.notify("waiting-for-approval", format!("waiting for {waiting}"), self.numbers()).await;
-        let outcome = gate.wait(timeout, self.cancel).await;
+        let log = self.log;
+        let outcome = gate.wait(timeout, self.cancel, &|m| log.note(m)).await;
         drop(gate);
         self.log.waiting(None);
         self.journal(|j| {
@@ -171,11 +172,11 @@ impl Driver<'_> {
         .await?;
         match outcome {
             approval::Outcome::Decided(decision) if decision.approved => {
-                self.note(format!("promoted by {}", decision.by));
+                self.note(format!("promoted by {}", decision.who()));
                 Ok(began.elapsed())
             }
             approval::Outcome::Decided(decision) => {
-                Err(DeployError::Aborted { by: decision.by, reason: decision.reason })
+                Err(DeployError::Aborted { by: decision.who(), reason: decision.reason })
             }
             approval::Outcome::TimedOut(t) => Err(DeployError::NotPromoted(humantime::format_duration(t).to_string())),
             approval::Outcome::Cancelled => Err(DeployError::Cancelled),

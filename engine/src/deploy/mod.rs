@@ -62,6 +62,9 @@ pub struct DeployRun {
     pub verify: Option<VerifyRun>,
     pub drain: Duration,
     pub keep_previous: Duration,
+    /// Who may promote or abort a canary waiting for a person (`None`: anyone
+    /// who can write the gate's files).
+    pub approvers: Option<std::sync::Arc<crate::approval::signers::AllowedSigners>>,
     pub probe: Option<ProbeRun>,
     pub notify: Vec<NotifyRun>,
     /// The instances of the release that was live when this deployment was

@@ -17,6 +17,7 @@ use super::parser::Parser;
 use super::reader::{Node, Spanned};
 
 const DEPLOY_NODES: &[&str] = &[
+    "approvers",
     "instance",
     "slots",
     "replicas",
@@ -51,6 +52,7 @@ struct Parts {
     notify: Vec<Notify>,
     verify: Option<Verify>,
     probe: Option<Probe>,
+    approvers: Option<super::model::Approvers>,
 }
 
 impl Parser {
@@ -91,7 +93,7 @@ impl Parser {
             let only = |s: &str| -> Option<&'static str> {
                 match child.name() {
                     "replicas" | "batch" if s != "rolling" => Some("rolling"),
-                    "steps" | "analysis" if s != "canary" => Some("canary"),
+                    "steps" | "analysis" | "approvers" if s != "canary" => Some("canary"),
                     _ => None,
                 }
             };
@@ -117,6 +119,7 @@ impl Parser {
                 "notify" => p.notify.extend(self.notify(child)),
                 "verify" => p.verify = self.verify(child),
                 "probe" => p.probe = self.probe(child),
+                "approvers" => self.approvers_node(child, &mut p.approvers),
                 "drain" | "keep-previous" => {
                     self.leaf(child, &[], 1);
                     let d = child.args().next().and_then(|e| child.entry_duration(e, child.name(), &mut self.errs));
@@ -172,6 +175,7 @@ impl Parser {
             keep_previous,
             probe: p.probe,
             notify: p.notify,
+            approvers: p.approvers,
             loc: node.name_loc(),
         }));
         Some(step)

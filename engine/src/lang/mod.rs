@@ -1,6 +1,7 @@
 //! The language: KDL text -> typed [`model::Pipeline`], every item keeping its span.
 //! Knows nothing about graphs, processes or tokio.
 
+mod approvers;
 mod blocks;
 mod container;
 mod deploy;

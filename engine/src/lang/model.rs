@@ -27,6 +27,8 @@ pub struct Pipeline {
     pub changes: Option<Vec<Spanned<String>>>,
     /// `on "push" branch="main"`: the branches whose new commits `pipe watch` runs it for.
     pub on_push: Vec<Spanned<String>>,
+    /// `approvers "…"`: the approvers of every gate that names none itself.
+    pub approvers: Option<Approvers>,
 }
 
 /// `container image="…" pull="…" { user …; memory …; cpus …; network … }`: where
@@ -222,7 +224,14 @@ pub enum Action {
 pub struct Approve {
     pub message: Template,
     pub timeout: Duration,
+    /// `approvers="…"`, or the pipeline's: who may decide.
+    pub approvers: Option<Approvers>,
 }
+
+/// `approvers "release/allowed_signers"`: an allowed-signers file of the
+/// repository (git's format), read when the pipeline is loaded. A gate with
+/// approvers takes only decisions signed by one of its keys.
+pub type Approvers = std::sync::Arc<crate::approval::signers::AllowedSigners>;
 
 /// `deploy "name" strategy="blue-green" { instance …; slots {…}; health …; traffic …; … }`:
 /// a new version of a long-running service put in front of its users.
@@ -244,6 +253,8 @@ pub struct Deploy {
     pub probe: Option<Probe>,
     /// Who hears about what the deployment does.
     pub notify: Vec<Notify>,
+    /// `approvers "…"`, or the pipeline's: who may promote or abort the canary.
+    pub approvers: Option<Approvers>,
     pub loc: Loc,
 }
 

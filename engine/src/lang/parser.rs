@@ -19,6 +19,7 @@ use super::source::{Loc, Source};
 use super::template;
 
 const PIPELINE_NODES: &[&str] = &[
+    "approvers",
     "env",
     "secrets",
     "container",
@@ -174,6 +175,7 @@ pub(super) struct Body {
     /// An include could not be read: its stages are unknown, so "no stages"
     /// would only bury the include's own error.
     pub unread_include: bool,
+    pub approvers: Option<super::model::Approvers>,
 }
 
 impl Parser {
@@ -183,6 +185,9 @@ impl Parser {
         let name = node.arg_string("a name", &mut self.errs)?;
         let mut body = Body::default();
         self.body(node, &mut body);
+        if let Some(approvers) = &body.approvers {
+            super::approvers::inherit(approvers, &mut body.stages, &mut body.hooks);
+        }
         if body.stages.is_empty() && !body.unread_include {
             self.errs.push(LangError::EmptyPipeline {
                 name: name.value.clone(),
@@ -209,6 +214,7 @@ impl Parser {
             hooks: body.hooks,
             changes: body.changes,
             on_push: body.on_push,
+            approvers: body.approvers,
         })
     }
 
@@ -216,6 +222,7 @@ impl Parser {
     pub(super) fn body(&mut self, node: Node, body: &mut Body) {
         for child in node.children() {
             match child.name() {
+                "approvers" => self.approvers_node(child, &mut body.approvers),
                 "env" => self.env_block(child, &mut body.env),
                 "secrets" => self.secrets_block(child, &mut body.secrets),
                 "container" => self.container_once(child, &mut body.container),
@@ -407,14 +414,16 @@ impl Parser {
         Some(Action::Run(RunCommand { script: self.template(&script), shell }))
     }
 
-    /// `approve "Deploy ${git.sha} to production?" timeout="4h"`.
+    /// `approve "Deploy ${git.sha} to production?" timeout="4h" approvers="release/allowed_signers"`.
     fn approve(&mut self, node: Node) -> Option<Action> {
-        self.leaf(node, &["timeout"], 1);
+        self.leaf(node, &["timeout", "approvers"], 1);
         let message = node.arg_string("a question for the approver", &mut self.errs)?;
         let timeout = node.prop("timeout").and_then(|e| node.entry_duration(e, "timeout", &mut self.errs));
+        let approvers = node.prop_string("approvers", &mut self.errs).and_then(|p| self.approvers_file(node, &p));
         Some(Action::Approve(Approve {
             message: self.template(&message),
             timeout: timeout.map_or(std::time::Duration::from_secs(24 * 3600), |t| t.value),
+            approvers,
         }))
     }
 

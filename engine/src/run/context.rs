@@ -44,6 +44,9 @@ pub struct RunContext {
     pub protected: Protected,
     /// The step cache; `None` with `--no-cache`.
     pub cache: Option<super::cache::StepCache>,
+    /// Whether a gate of the run takes only signed decisions: then no step
+    /// gets pipe's `SSH_AUTH_SOCK`, the way to an approver's loaded key.
+    pub signed_gates: bool,
 }
 
 impl RunContext {
@@ -75,6 +78,11 @@ impl RunContext {
             network: None,
             protected: crate::plugin::protected(plan, root),
             cache: Some(super::cache::StepCache::open(root)),
+            signed_gates: plan.graph.node_weights().any(|s| match &s.action {
+                Action::Approve(a) => a.approvers.is_some(),
+                Action::Deploy(d) => d.approvers.is_some(),
+                _ => false,
+            }),
         })
     }
 }
@@ -103,6 +111,7 @@ impl RunContext {
             network: None,
             protected: Protected::default(),
             cache: None,
+            signed_gates: false,
         }
     }
 }
@@ -137,6 +146,11 @@ pub struct Rendered {
 }
 
 impl RunContext {
+    /// What a process step must not inherit from pipe's environment.
+    fn unset(&self) -> Vec<&'static str> {
+        if self.signed_gates { vec!["SSH_AUTH_SOCK"] } else { Vec::new() }
+    }
+
     /// The step's env: pipeline, then stage, then step values, each layer seeing the ones before.
     pub fn step_env(&self, step: &PlannedStep, view: &View) -> Result<BTreeMap<String, String>, RenderError> {
         let mut env = BTreeMap::new();
@@ -175,6 +189,7 @@ impl RunContext {
                     display: format!("approve: {message}"),
                     message,
                     timeout: a.timeout,
+                    approvers: a.approvers.clone(),
                 };
                 return Ok(Rendered { display: run.display.clone(), invocation: Invocation::Approve(run) });
             }
@@ -208,7 +223,7 @@ impl RunContext {
         vars.push(("PIPE_WORKSPACE".into(), self.dir.display().to_string()));
         Ok(Rendered {
             display: self.masker.mask(&script.shown),
-            invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir }),
+            invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir, unset: self.unset() }),
         })
     }
 

@@ -44,11 +44,18 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
+    /// Variables of pipe's own environment the step must not inherit, even
+    /// when the pipeline sets them (the ssh-agent socket, when gates of the
+    /// run take signed decisions).
+    pub unset: Vec<&'static str>,
 }
 
 pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) -> Exit {
     let mut cmd = proc::command(&spec.program);
     cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(&spec.workdir);
+    for name in &spec.unset {
+        cmd.env_remove(name);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !spec.workdir.is_dir() => {

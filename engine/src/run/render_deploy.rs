@@ -126,6 +126,7 @@ impl RunContext {
                 .transpose()?,
             drain: d.drain,
             keep_previous: d.keep_previous,
+            approvers: d.approvers.clone(),
             probe: d
                 .probe
                 .as_ref()

@@ -223,6 +223,7 @@ mod tests {
             args: vec!["-c".into(), "true".into()],
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             workdir: dir.to_path_buf(),
+            unset: Vec::new(),
         })
     }
 
