@@ -25,6 +25,8 @@ pub struct Job {
     pub events: Events,
     pub cancel: CancellationToken,
     pub cache: Option<CacheJob>,
+    /// A more trusted branch's cache, read when `cache` misses.
+    pub trusted_cache: Option<super::cache::StepCache>,
 }
 
 pub struct Finished {
@@ -148,11 +150,14 @@ pub async fn run(job: Job) -> Finished {
 /// A hit: the entry's files restored, its outputs given back, nothing run.
 /// A restore that fails is a miss (the step runs).
 async fn from_cache(job: &Job, c: &CacheJob, key: &str, started: Instant) -> Option<Finished> {
-    let (c2, k2) = (c.clone(), key.to_string());
+    let (c2, k2, trusted) = (c.clone(), key.to_string(), job.trusted_cache.clone());
+    // The run's own cache first, then (read only) a more trusted branch's.
     let entry = tokio::task::spawn_blocking(move || {
-        let entry = c2.store.lookup(&k2)?;
-        c2.store.restore(&k2, &entry, &c2.dir).ok()?;
-        Some(entry)
+        [Some(&c2.store), trusted.as_ref()].into_iter().flatten().find_map(|store| {
+            let entry = store.lookup(&k2)?;
+            store.restore(&k2, &entry, &c2.dir).ok()?;
+            Some(entry)
+        })
     })
     .await
     .ok()??;

@@ -28,6 +28,8 @@ const DEFAULT_MAX: u64 = 2 << 30;
 pub struct StepCache {
     dir: PathBuf,
     max_bytes: u64,
+    /// A more trusted branch's cache: looked up, never written, touched or pruned.
+    read_only: bool,
 }
 
 /// What a cached run of a step left.
@@ -55,7 +57,13 @@ impl StepCache {
     pub fn open(root: &Path) -> StepCache {
         let max_bytes =
             std::env::var("PIPE_CACHE_SIZE").ok().and_then(|v| crate::lang::parse_size(&v)).unwrap_or(DEFAULT_MAX);
-        StepCache { dir: root.join(".pipe").join("cache"), max_bytes }
+        StepCache { dir: root.join(".pipe").join("cache"), max_bytes, read_only: false }
+    }
+
+    /// Another root's cache, to read only (`pipe watch`: a feature branch's
+    /// run reads the main branch's, and never writes it).
+    pub fn open_read_only(root: &Path) -> StepCache {
+        StepCache { read_only: true, ..StepCache::open(root) }
     }
 
     fn entry_dir(&self, key: &str) -> PathBuf {
@@ -69,12 +77,16 @@ impl StepCache {
         match serde_json::from_slice::<Entry>(&text) {
             Ok(entry) if entry.files.iter().all(|f| dir.join("files").join(f).exists()) => {
                 // Touched: the least recently used go first.
-                let _ = touch(&dir.join("entry.json"));
+                if !self.read_only {
+                    let _ = touch(&dir.join("entry.json"));
+                }
                 Some(entry)
             }
             _ => {
                 tracing::warn!(key, "a corrupt cache entry is a miss; removing it");
-                let _ = std::fs::remove_dir_all(&dir);
+                if !self.read_only {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 None
             }
         }
@@ -104,6 +116,9 @@ impl StepCache {
             spec.outputs.iter().map(|o| o.value.as_str()).filter(|o| !dir.join(o).exists()).collect();
         if !missing.is_empty() {
             return Err(format!("its declared output {} was not written", missing.join(", ")));
+        }
+        if self.read_only {
+            return Err("the cache is another branch's, read only".into());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let tmp = self.dir.join(format!(".tmp-{key}-{}", std::process::id()));
@@ -326,6 +341,7 @@ mod tests {
             args: vec!["-c".into(), "true".into()],
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             workdir: dir.to_path_buf(),
+            unset: Vec::new(),
         })
     }
 

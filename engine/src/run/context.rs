@@ -12,6 +12,7 @@ use super::executor::Invocation;
 use super::git::GitInfo;
 use super::image::ImageBuildRun;
 use super::process::{ProcessSpec, ProgramCache};
+use super::trust::Trust;
 use crate::docker::{docker_name, labels};
 use crate::lang::interp::{RefKind, Reference, Template};
 use crate::lang::model::{Action, Condition, ContainerSpec, ImageBuild, Outcome, PluginCall, RunCommand, Test};
@@ -32,6 +33,9 @@ pub struct RunContext {
     pub run_dir: PathBuf,
     pub git: GitInfo,
     pub secrets: HashMap<String, String>,
+    /// Secrets this run may not have (restricted to other branches), with the
+    /// branches that may: absent from `secrets`, `env` and steps' processes.
+    pub withheld: BTreeMap<String, String>,
     pub masker: Masker,
     pub env: HashMap<String, String>,
     pub programs: ProgramCache,
@@ -43,20 +47,35 @@ pub struct RunContext {
     pub protected: Protected,
     /// The step cache; `None` with `--no-cache`.
     pub cache: Option<super::cache::StepCache>,
+    /// A more trusted branch's step cache, read when this run's misses.
+    pub trusted_cache: Option<super::cache::StepCache>,
 }
 
 impl RunContext {
     /// Everything a run knows before its first step: the environment, secret
     /// values (files read and git asked off the runtime thread), git facts,
     /// and the plugins the plan uses, prepared and pinned.
-    pub async fn prepare(plan: &crate::plan::Plan, root: &Path, run_id: String) -> Result<RunContext, super::RunError> {
-        let (spec, dir) = (plan.secrets.clone(), plan.dir.clone());
-        let (env, secrets, git) = super::blocking(move || {
+    pub async fn prepare(
+        plan: &crate::plan::Plan,
+        root: &Path,
+        run_id: String,
+        trust: &Trust,
+    ) -> Result<RunContext, super::RunError> {
+        let (spec, dir, given) = (plan.secrets.clone(), plan.dir.clone(), trust.git.clone());
+        let (mut env, mut secrets, git) = super::blocking(move || {
             let env: HashMap<String, String> = std::env::vars().collect();
             let secrets = super::secrets::load(&spec, &env)?;
-            Ok::<_, super::RunError>((env, secrets, GitInfo::detect(&dir)))
+            Ok::<_, super::RunError>((env, secrets, given.unwrap_or_else(|| GitInfo::detect(&dir))))
         })
         .await?;
+        // Values withheld are still masked: they must not show up by any road.
+        let masker = Masker::new(secrets.values().map(String::as_str));
+        let mut withheld = super::secrets::withheld(&plan.secrets, &git.branch);
+        withheld.extend(trust.withheld.clone());
+        for name in withheld.keys() {
+            secrets.remove(name);
+            env.remove(name);
+        }
         let plugins =
             crate::plugin::prepare(plan, root, crate::plugin::LockMode::Pin).await.map_err(super::RunError::Plugins)?;
         Ok(RunContext {
@@ -65,15 +84,17 @@ impl RunContext {
             pipeline: plan.pipeline.clone(),
             root: root.to_path_buf(),
             dir: plan.dir.clone(),
-            masker: Masker::new(secrets.values().map(String::as_str)),
+            masker,
             git,
             secrets,
+            withheld,
             env,
             programs: ProgramCache::default(),
             plugins,
             network: None,
             protected: crate::plugin::protected(plan, root),
             cache: Some(super::cache::StepCache::open(root)),
+            trusted_cache: trust.trusted_root.as_deref().map(super::cache::StepCache::open_read_only),
         })
     }
 }
@@ -95,6 +116,7 @@ impl RunContext {
             run_dir,
             git: GitInfo::default(),
             secrets: HashMap::new(),
+            withheld: BTreeMap::new(),
             masker: Masker::default(),
             env: std::env::vars().collect(),
             programs: ProgramCache::default(),
@@ -102,6 +124,7 @@ impl RunContext {
             network: None,
             protected: Protected::default(),
             cache: None,
+            trusted_cache: None,
         }
     }
 }
@@ -205,7 +228,13 @@ impl RunContext {
         vars.push(("PIPE_WORKSPACE".into(), self.dir.display().to_string()));
         Ok(Rendered {
             display: self.masker.mask(&script),
-            invocation: Invocation::Process(ProcessSpec { program, args, env: vars, workdir }),
+            invocation: Invocation::Process(ProcessSpec {
+                program,
+                args,
+                env: vars,
+                workdir,
+                unset: self.withheld.keys().cloned().collect(),
+            }),
         })
     }
 
@@ -262,7 +291,10 @@ impl RunContext {
         t.render(|r| {
             let missing = |reason: &str| RenderError { reference: r.text.clone(), reason: reason.to_string() };
             match &r.kind {
-                RefKind::Env(n) => self.env.get(n).cloned().ok_or_else(|| missing("not set in the environment")),
+                RefKind::Env(n) => match self.withheld.get(n) {
+                    Some(branches) => Err(missing(&self.restricted(n, branches))),
+                    None => self.env.get(n).cloned().ok_or_else(|| missing("not set in the environment")),
+                },
                 RefKind::Secret(n) => self.secret(n).map_err(|why| missing(&why)),
                 RefKind::GitSha => Ok(self.git.sha.clone()),
                 RefKind::GitBranch => Ok(self.git.branch.clone()),
@@ -277,7 +309,16 @@ impl RunContext {
     /// A secret's value; a declared secret that is not set is an error only
     /// here, where a step that runs reads it.
     fn secret(&self, name: &str) -> Result<String, String> {
+        if let Some(branches) = self.withheld.get(name) {
+            return Err(self.restricted(name, branches));
+        }
         self.secrets.get(name).cloned().ok_or_else(|| format!("secret `{name}` is not set in the environment"))
+    }
+
+    fn restricted(&self, name: &str, branches: &str) -> String {
+        let branch =
+            if self.git.branch.is_empty() { "no branch".to_string() } else { format!("`{}`", self.git.branch) };
+        format!("secret `{name}` is restricted to branches {branches}; this run is of {branch}")
     }
 
     fn render_image_build(
@@ -393,6 +434,9 @@ impl RunContext {
     ) -> Result<String, RenderError> {
         let missing = |what: &str| Err(RenderError { reference: r.text.clone(), reason: what.to_string() });
         match &r.kind {
+            RefKind::Env(name) if !env.contains_key(name) && self.withheld.contains_key(name) => {
+                missing(&self.restricted(name, &self.withheld[name]))
+            }
             RefKind::Env(name) => match env.get(name).or_else(|| self.env.get(name)) {
                 Some(v) => Ok(v.clone()),
                 None => missing("not set in the pipeline nor in the environment"),

@@ -44,10 +44,16 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
+    /// Variables of pipe's environment the process must not inherit (secrets
+    /// withheld from the run).
+    pub unset: Vec<String>,
 }
 
 pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) -> Exit {
     let mut cmd = proc::command(&spec.program);
+    for name in &spec.unset {
+        cmd.env_remove(name);
+    }
     cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(&spec.workdir);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
