@@ -265,8 +265,13 @@ fn the_watcher_keeps_a_bounded_number_of_run_records() {
 fn escape_sequences_in_a_commit_subject_reach_no_terminal() {
     let test = Test::new().pipeline(GATED).file("version.txt", "1").file(".gitignore", ".pipe/\n").git("main");
     let dir = test.path().to_path_buf();
+    git(&dir, &["branch", "feature"]);
     watch_once(&test, &[]);
     write_commit(&dir, &[("version.txt", "2")], "\u{1b}[32m✓\u{1b}[0m deploy.ship passed\r\u{1b}]0;owned\u{7}");
+    // The first commit of a branch is where its worktree is made (git says "HEAD is now at <subject>").
+    git(&dir, &["checkout", "-q", "feature"]);
+    write_commit(&dir, &[("version.txt", "f")], "\u{1b}[32m✓\u{1b}[0m feature checks passed");
+    git(&dir, &["checkout", "-q", "main"]);
     for env in [vec![("NO_COLOR", "1")], vec![("NO_COLOR", "")]] {
         git(&dir, &["commit", "-q", "--allow-empty", "-m", "\u{1b}[2J\u{1b}[32m✓ all good\u{1b}[0m\r"]);
         let out = watch_once(&test, &env);
@@ -321,4 +326,28 @@ fn a_secret_restricted_to_main_reaches_no_feature_run_even_one_that_lifts_the_re
     };
     assert!(reason("s.secret").contains("secret `DEPLOY_TOKEN` is restricted to branches main"), "{:#}", feature[0]);
     assert!(reason("s.via-env").contains("restricted to branches main"), "{:#}", feature[0]);
+}
+
+#[test]
+fn a_deleted_branch_leaves_no_worktree_nor_records_behind() {
+    let test = Test::new().pipeline(GATED).file("version.txt", "1").file(".gitignore", ".pipe/\n").git("main");
+    let dir = test.path().to_path_buf();
+    git(&dir, &["branch", "feature/short-lived"]);
+    watch_once(&test, &[]);
+    git(&dir, &["checkout", "-q", "feature/short-lived"]);
+    write_commit(&dir, &[("version.txt", "2")], "f");
+    git(&dir, &["checkout", "-q", "main"]);
+    watch_once(&test, &[]);
+    let work = branch_dir(&dir, "feature/short-lived").expect("the branch's worktree");
+    assert_eq!(records(&dir, "feature/short-lived").len(), 1);
+
+    git(&dir, &["branch", "-q", "-D", "feature/short-lived"]);
+    let out = watch_once(&test, &[]);
+    assert!(out.stdout.contains("feature/short-lived was deleted"), "{}{}", out.stdout, out.stderr);
+    assert!(!work.exists());
+    let state = std::fs::read_to_string(dir.join(".pipe/watch/state.json")).expect("state");
+    assert!(!state.contains("short-lived"), "{state}");
+    let worktrees = std::process::Command::new("git").args(["worktree", "list"]).current_dir(&dir).output();
+    assert!(!String::from_utf8_lossy(&worktrees.expect("git").stdout).contains("short-lived"));
+    assert!(branch_dir(&dir, "main").is_some(), "the trusted branch's stays");
 }

@@ -14,7 +14,7 @@
 //! run would be, and its commit is run again next time). Text that came from
 //! the repository (branch names, commit subjects) is printed sanitized.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,14 +98,24 @@ pub fn watch(root: &Path, args: WatchArgs) -> u8 {
     }
     loop {
         if let Some(remote) = &args.remote
-            && !git::run(&top, &["fetch", "--quiet", remote])
+            && !git::run(&top, &["fetch", "--quiet", "--prune", remote])
         {
             eprintln!(
                 "warning: git fetch {remote} failed; trying again in {}",
                 humantime::format_duration(args.interval)
             );
         }
-        let branches = accepted_branches(&top, args.remote.as_deref());
+        let Some((branches, existing)) = accepted_branches(&top, args.remote.as_deref()) else {
+            eprintln!(
+                "warning: cannot list the branches; trying again in {}",
+                humantime::format_duration(args.interval)
+            );
+            if args.once || wait_or_stop(&rt, args.interval) {
+                return exit::FAILED;
+            }
+            continue;
+        };
+        watcher.forget_deleted(&mut state, &existing, &state_file);
         watcher.ready_trusted(&branches, &state);
         for (branch, tip) in branches {
             let shown = sanitize(&branch);
@@ -174,6 +184,30 @@ enum Handled {
 impl Watcher<'_> {
     fn is_trusted(&self, branch: &str) -> bool {
         self.trusted.as_deref() == Some(branch)
+    }
+
+    /// A branch that was deleted leaves nothing behind: its worktree (with its
+    /// records, cache and state) is removed, and it is forgotten. Branches
+    /// come and go with whoever pushes them; what they leave must not grow.
+    fn forget_deleted(&self, state: &mut WatchState, existing: &HashSet<String>, state_file: &Path) {
+        let gone: Vec<String> =
+            state.branches.keys().filter(|b| !existing.contains(*b) && !self.is_trusted(b)).cloned().collect();
+        for branch in gone {
+            let work = worktree(&self.dir, &branch);
+            if work.exists() {
+                let _ = git::output(&self.top, &["worktree", "remove", "--force", &work.to_string_lossy()]);
+                if let Err(e) = std::fs::remove_dir_all(&work)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    eprintln!("warning: cannot remove {}: {e}", work.display());
+                    continue;
+                }
+                let _ = git::output(&self.top, &["worktree", "prune"]);
+            }
+            println!("{} was deleted: its worktree and run records are removed", sanitize(&branch));
+            state.branches.remove(&branch);
+            save(state_file, state);
+        }
     }
 
     /// The trusted branch's worktree exists (at the commit last handled, or
@@ -292,8 +326,9 @@ impl Watcher<'_> {
 }
 
 /// Every branch (local, or of the remote) that a pipeline of the checkout
-/// accepts, with its tip.
-fn accepted_branches(top: &Path, remote: Option<&str>) -> Vec<(String, String)> {
+/// accepts, with its tip; and the names of all branches there are. `None`:
+/// git could not say (not the same as no branch at all).
+fn accepted_branches(top: &Path, remote: Option<&str>) -> Option<(Vec<(String, String)>, HashSet<String>)> {
     let globs: Vec<globset::GlobMatcher> = Project::load(top, None)
         .pipelines
         .iter()
@@ -302,15 +337,18 @@ fn accepted_branches(top: &Path, remote: Option<&str>) -> Vec<(String, String)> 
         .filter_map(|g| globset::Glob::new(g).ok().map(|g| g.compile_matcher()))
         .collect();
     let prefix = remote.map_or("refs/heads/".to_string(), |r| format!("refs/remotes/{r}/"));
-    let refs = git::output(top, &["for-each-ref", "--format=%(refname) %(objectname)", &prefix]).unwrap_or_default();
-    refs.lines()
+    let refs = git::output(top, &["for-each-ref", "--format=%(refname) %(objectname)", &prefix])?;
+    let all: Vec<(String, String)> = refs
+        .lines()
         .filter_map(|line| {
             let (name, sha) = line.split_once(' ')?;
             let branch = name.strip_prefix(&prefix)?;
-            (branch != "HEAD" && globs.iter().any(|g| g.is_match(branch)))
-                .then(|| (branch.to_string(), sha.to_string()))
+            (branch != "HEAD").then(|| (branch.to_string(), sha.to_string()))
         })
-        .collect()
+        .collect();
+    let existing = all.iter().map(|(b, _)| b.clone()).collect();
+    let accepted = all.into_iter().filter(|(b, _)| globs.iter().any(|g| g.is_match(b))).collect();
+    Some((accepted, existing))
 }
 
 fn save(path: &Path, state: &WatchState) {
