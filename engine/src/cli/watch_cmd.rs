@@ -105,7 +105,7 @@ pub fn watch(root: &Path, args: WatchArgs) -> u8 {
                 humantime::format_duration(args.interval)
             );
         }
-        let Some((branches, existing)) = accepted_branches(&top, args.remote.as_deref()) else {
+        let Some(Branches { accepted: branches, existing }) = accepted_branches(&top, args.remote.as_deref()) else {
             eprintln!(
                 "warning: cannot list the branches; trying again in {}",
                 humantime::format_duration(args.interval)
@@ -328,7 +328,7 @@ impl Watcher<'_> {
 /// Every branch (local, or of the remote) that a pipeline of the checkout
 /// accepts, with its tip; and the names of all branches there are. `None`:
 /// git could not say (not the same as no branch at all).
-fn accepted_branches(top: &Path, remote: Option<&str>) -> Option<(Vec<(String, String)>, HashSet<String>)> {
+fn accepted_branches(top: &Path, remote: Option<&str>) -> Option<Branches> {
     let globs: Vec<globset::GlobMatcher> = Project::load(top, None)
         .pipelines
         .iter()
@@ -348,7 +348,13 @@ fn accepted_branches(top: &Path, remote: Option<&str>) -> Option<(Vec<(String, S
         .collect();
     let existing = all.iter().map(|(b, _)| b.clone()).collect();
     let accepted = all.into_iter().filter(|(b, _)| globs.iter().any(|g| g.is_match(b))).collect();
-    Some((accepted, existing))
+    Some(Branches { accepted, existing })
+}
+
+/// The branches there are, and those a pipeline accepts with their tips.
+struct Branches {
+    accepted: Vec<(String, String)>,
+    existing: HashSet<String>,
 }
 
 fn save(path: &Path, state: &WatchState) {
