@@ -23,3 +23,4 @@ mod scheduling;
 mod secrets;
 mod tools;
 mod watch;
+mod watch_trust;

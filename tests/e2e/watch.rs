@@ -14,7 +14,7 @@ pipeline "app" {
 }
 "#;
 
-fn git(dir: &std::path::Path, args: &[&str]) {
+pub(crate) fn git(dir: &std::path::Path, args: &[&str]) {
     let ok = Command::new("git")
         .args(["-c", "user.name=t", "-c", "user.email=t@t"])
         .args(args)
@@ -26,21 +26,38 @@ fn git(dir: &std::path::Path, args: &[&str]) {
     assert!(ok.success(), "git {args:?}");
 }
 
-fn commit(dir: &std::path::Path, version: &str) -> String {
+pub(crate) fn commit(dir: &std::path::Path, version: &str) -> String {
     std::fs::write(dir.join("version.txt"), version).expect("write");
     git(dir, &["commit", "-qam", &format!("version {version}")]);
     let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().expect("git");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// (commit, status) of every run the watcher recorded, oldest first.
-fn watched(dir: &std::path::Path) -> Vec<(String, String)> {
-    let runs = dir.join(".pipe/watch/work/.pipe/runs");
-    let mut ids: Vec<_> = std::fs::read_dir(runs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+/// The watcher's worktree of `branch` (`.pipe/watch/branches/<name>-<hash>`).
+pub(crate) fn branch_dir(dir: &std::path::Path, branch: &str) -> Option<std::path::PathBuf> {
+    let prefix = format!("{}-", branch.replace('/', "_"));
+    std::fs::read_dir(dir.join(".pipe/watch/branches")).ok()?.flatten().map(|e| e.path()).find(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        name.strip_prefix(&prefix).is_some_and(|h| h.len() == 12 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    })
+}
+
+/// Every finished run record the watcher kept for `branch`, oldest first.
+pub(crate) fn records(dir: &std::path::Path, branch: &str) -> Vec<serde_json::Value> {
+    let Some(work) = branch_dir(dir, branch) else { return Vec::new() };
+    let mut ids: Vec<_> =
+        std::fs::read_dir(work.join(".pipe/runs")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     ids.sort();
     ids.iter()
         .filter_map(|p| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p.join("run.json")).ok()?).ok())
         .filter(|r| r["status"] != "running")
+        .collect()
+}
+
+/// (commit, status) of every run the watcher recorded on main, oldest first.
+fn watched(dir: &std::path::Path) -> Vec<(String, String)> {
+    records(dir, "main")
+        .iter()
         .map(|r| {
             (r["trigger"]["commit"].as_str().unwrap_or("").to_string(), r["status"].as_str().unwrap_or("").to_string())
         })

@@ -9,6 +9,7 @@ mod project;
 mod report;
 mod run_cmd;
 mod tools_cmd;
+mod watch_branch;
 mod watch_cmd;
 
 use std::path::PathBuf;

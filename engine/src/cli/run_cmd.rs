@@ -10,7 +10,7 @@ use super::project::{Loaded, Project};
 use super::{Format, RunArgs, exit, report};
 use crate::event::{self, Events, Subscriber};
 use crate::plan::{Affected, Plan};
-use crate::run::{self, RecordWriter, RunOptions, git};
+use crate::run::{self, RecordWriter, RunOptions, Trust, git};
 use crate::state::{RunRecord, RunStatus};
 
 pub fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
@@ -20,7 +20,7 @@ pub fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
             Ok(l) => l,
             Err(code) => return code,
         };
-        return run_one(root, loaded, &args, HashMap::new(), None);
+        return run_one(root, loaded, &args, HashMap::new(), None, Trust::default());
     }
     // With --affected and no name: every pipeline here.
     let chosen: Vec<&Loaded> = match &args.name {
@@ -43,7 +43,7 @@ pub fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
             Ok(Some(found)) => found,
             Ok(None) => {
                 note(args.format, &plan.pipeline, None, "no earlier commit to compare with: everything runs");
-                code = code.max(run_one(root, loaded, &args, HashMap::new(), None));
+                code = code.max(run_one(root, loaded, &args, HashMap::new(), None, Trust::default()));
                 continue;
             }
             Err(e) => {
@@ -54,7 +54,7 @@ pub fn run(root: &Path, file: Option<&Path>, args: RunArgs) -> u8 {
         match plan.affected(&files, &since, root) {
             Affected::Not(why) => note(args.format, &plan.pipeline, Some(&why), ""),
             Affected::Stages(left_out) => {
-                code = code.max(run_one(root, loaded, &args, left_out.into_iter().collect(), None));
+                code = code.max(run_one(root, loaded, &args, left_out.into_iter().collect(), None, Trust::default()));
             }
         }
     }
@@ -107,6 +107,7 @@ pub fn run_one(
     args: &RunArgs,
     unaffected: HashMap<String, String>,
     trigger: Option<crate::state::record::Trigger>,
+    trust: Trust,
 ) -> u8 {
     let Ok(mut plan) = loaded.plan.as_ref().cloned() else { return exit::INVALID };
     if !args.stages.is_empty() {
@@ -140,6 +141,7 @@ pub fn run_one(
         no_cache: args.no_cache,
         unaffected,
         trigger,
+        trust,
     };
     let runtime = match super::runtime() {
         Ok(rt) => rt,

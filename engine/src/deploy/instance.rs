@@ -53,6 +53,9 @@ pub struct CommandInstance {
     pub workdir: PathBuf,
     /// Where what `start` prints goes (appended).
     pub log_file: PathBuf,
+    /// Variables of pipe's environment its commands must not inherit
+    /// (secrets withheld from the run).
+    pub unset: Vec<String>,
 }
 
 /// How an instance is doing.
@@ -191,6 +194,9 @@ impl DockerInstance {
 impl CommandInstance {
     fn command(&self, line: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("sh");
+        for name in &self.unset {
+            cmd.env_remove(name);
+        }
         cmd.args(["-c", line])
             .current_dir(&self.workdir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -288,4 +294,33 @@ fn alive(group: Pid) -> bool {
 
 pub fn fmt(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandInstance;
+
+    #[tokio::test]
+    async fn a_withheld_variable_does_not_reach_an_instance_command() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = |unset: Vec<String>| CommandInstance {
+            start: String::new(),
+            stop: None,
+            status: None,
+            env: vec![("DECLARED".into(), "yes".into())],
+            workdir: dir.path().to_path_buf(),
+            log_file: dir.path().join("log"),
+            unset,
+        };
+        // HOME stands for a secret in pipe's environment that the run may not have.
+        let line = "printf '%s/%s' \"${HOME-withheld}\" \"$DECLARED\"";
+        let seen = |i: CommandInstance| async move {
+            let out = i.command(line).output().await.expect("sh");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(seen(instance(vec!["HOME".into()])).await, "withheld/yes");
+        if let Ok(home) = std::env::var("HOME") {
+            assert_eq!(seen(instance(Vec::new())).await, format!("{home}/yes"));
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use globset::Glob;
 
 use super::error::LangError;
-use super::model::{Axis, Condition, Env, EnvVar, Matrix, Outcome, Secrets, Test};
+use super::model::{Axis, BranchOnly, Condition, Env, EnvVar, Matrix, Outcome, Secrets, Test};
 use super::parser::{Parser, duplicate};
 use super::reader::{Node, Spanned};
 use super::source::Loc;
@@ -44,10 +44,13 @@ impl Parser {
         for child in node.children() {
             match child.name() {
                 "from-env" => {
-                    self.leaf(child, &[], usize::MAX);
+                    self.leaf(child, &["branch"], usize::MAX);
                     let names = child.arg_texts("from-env", &mut self.errs);
                     if names.is_empty() {
                         child.arg_string("a variable name", &mut self.errs);
+                    }
+                    if let Some(only) = self.branch_only(child) {
+                        secrets.branch_only.extend(names.iter().map(|n| (n.value.clone(), only.clone())));
                     }
                     secrets.from_env.extend(names);
                 }
@@ -59,6 +62,20 @@ impl Parser {
                     }
                 }
                 other => self.unknown(child, "a `secrets` block", &["from-env", "from-file"], other),
+            }
+        }
+    }
+
+    /// `branch="main"` on a `from-env`: the glob of the branches whose runs get it.
+    fn branch_only(&mut self, node: Node) -> Option<BranchOnly> {
+        let pattern = node.prop_string("branch", &mut self.errs)?;
+        match Glob::new(&pattern.value) {
+            Ok(glob) => Some(BranchOnly { matcher: glob.compile_matcher(), pattern: pattern.value }),
+            Err(e) => {
+                let help = Some("from-env \"DEPLOY_TOKEN\" branch=\"main\"".to_string());
+                let why = format!("`{}` is not a glob: {}", pattern.value, e.kind());
+                self.errs.invalid(&pattern.loc, "branch", why, help);
+                None
             }
         }
     }

@@ -103,6 +103,16 @@ pub struct Secrets {
     pub from_env: Vec<Spanned<String>>,
     /// dotenv-style files (relative to the pipeline file), which git must not track.
     pub files: Vec<Spanned<PathBuf>>,
+    /// `from-env "DEPLOY_TOKEN" branch="main"`: secrets only runs of a matching
+    /// branch get, by name. Others run without them.
+    pub branch_only: std::collections::BTreeMap<String, BranchOnly>,
+}
+
+/// The branches whose runs may have a secret: one glob, as `when branch=`.
+#[derive(Clone, Debug)]
+pub struct BranchOnly {
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
 }
 
 impl Secrets {

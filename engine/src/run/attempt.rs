@@ -25,6 +25,8 @@ pub struct Job {
     pub events: Events,
     pub cancel: CancellationToken,
     pub cache: Option<CacheJob>,
+    /// A more trusted branch's cache, read when `cache` misses.
+    pub trusted_cache: Option<super::cache::StepCache>,
 }
 
 pub struct Finished {
@@ -148,15 +150,26 @@ pub async fn run(job: Job) -> Finished {
 /// A hit: the entry's files restored, its outputs given back, nothing run.
 /// An entry that is refused is a miss (the step runs), and the log says why.
 async fn from_cache(job: &Job, c: &CacheJob, key: &str, started: Instant) -> Option<Finished> {
-    let (c2, k2, step) = (c.clone(), key.to_string(), job.step.clone());
-    let restored = tokio::task::spawn_blocking(move || c2.store.restore(&k2, &step, &c2)).await.ok()?;
-    let entry = match restored {
-        Ok(entry) => entry?,
-        Err(refused) => {
-            job.log.note(&refused.to_string());
-            return None;
+    let (c2, k2, step, trusted) = (c.clone(), key.to_string(), job.step.clone(), job.trusted_cache.clone());
+    // The run's own cache first, then (read only) a more trusted branch's.
+    let restored = tokio::task::spawn_blocking(move || {
+        let mut refusals = Vec::new();
+        for store in [Some(&c2.store), trusted.as_ref()].into_iter().flatten() {
+            match store.restore(&k2, &step, &c2) {
+                Ok(Some(entry)) => return (Some(entry), refusals),
+                Ok(None) => {}
+                Err(refused) => refusals.push(refused.to_string()),
+            }
         }
-    };
+        (None, refusals)
+    })
+    .await
+    .ok()?;
+    let (entry, refusals) = restored;
+    for refused in refusals {
+        job.log.note(&refused);
+    }
+    let entry = entry?;
     job.events.send(Event::StepStarted { step: job.step.clone(), attempt: 1, command: job.display.clone() });
     let saved = humantime::format_duration(Duration::from_millis(entry.duration_ms / 100 * 100));
     job.log.note(&format!("cached (key {}…, saved {saved})", &key[..8]));

@@ -13,6 +13,7 @@ use super::git::GitInfo;
 use super::image::ImageBuildRun;
 use super::process::{ProcessSpec, ProgramCache};
 use super::script::{ScriptWriter, Written};
+use super::trust::Trust;
 use crate::docker::{docker_name, labels};
 use crate::lang::interp::{RefKind, Reference, Template};
 use crate::lang::model::{Action, Condition, ContainerSpec, ImageBuild, Outcome, PluginCall, RunCommand, Test};
@@ -33,6 +34,9 @@ pub struct RunContext {
     pub run_dir: PathBuf,
     pub git: GitInfo,
     pub secrets: HashMap<String, String>,
+    /// Secrets this run may not have (restricted to other branches), with the
+    /// branches that may: absent from `secrets`, `env` and steps' processes.
+    pub withheld: BTreeMap<String, String>,
     pub masker: Masker,
     pub env: HashMap<String, String>,
     pub programs: ProgramCache,
@@ -47,20 +51,35 @@ pub struct RunContext {
     /// Whether a gate of the run takes only signed decisions: then no step
     /// gets pipe's `SSH_AUTH_SOCK`, the way to an approver's loaded key.
     pub signed_gates: bool,
+    /// A more trusted branch's step cache, read when this run's misses.
+    pub trusted_cache: Option<super::cache::StepCache>,
 }
 
 impl RunContext {
     /// Everything a run knows before its first step: the environment, secret
     /// values (files read and git asked off the runtime thread), git facts,
     /// and the plugins the plan uses, prepared and pinned.
-    pub async fn prepare(plan: &crate::plan::Plan, root: &Path, run_id: String) -> Result<RunContext, super::RunError> {
-        let (spec, dir) = (plan.secrets.clone(), plan.dir.clone());
-        let (env, secrets, git) = super::blocking(move || {
+    pub async fn prepare(
+        plan: &crate::plan::Plan,
+        root: &Path,
+        run_id: String,
+        trust: &Trust,
+    ) -> Result<RunContext, super::RunError> {
+        let (spec, dir, given) = (plan.secrets.clone(), plan.dir.clone(), trust.git.clone());
+        let (mut env, mut secrets, git) = super::blocking(move || {
             let env: HashMap<String, String> = std::env::vars().collect();
             let secrets = super::secrets::load(&spec, &env)?;
-            Ok::<_, super::RunError>((env, secrets, GitInfo::detect(&dir)))
+            Ok::<_, super::RunError>((env, secrets, given.unwrap_or_else(|| GitInfo::detect(&dir))))
         })
         .await?;
+        // Values withheld are still masked: they must not show up by any road.
+        let masker = Masker::new(secrets.values().map(String::as_str));
+        let mut withheld = super::secrets::withheld(&plan.secrets, &git.branch);
+        withheld.extend(trust.withheld.clone());
+        for name in withheld.keys() {
+            secrets.remove(name);
+            env.remove(name);
+        }
         let plugins =
             crate::plugin::prepare(plan, root, crate::plugin::LockMode::Pin).await.map_err(super::RunError::Plugins)?;
         Ok(RunContext {
@@ -69,9 +88,10 @@ impl RunContext {
             pipeline: plan.pipeline.clone(),
             root: root.to_path_buf(),
             dir: plan.dir.clone(),
-            masker: Masker::new(secrets.values().map(String::as_str)),
+            masker,
             git,
             secrets,
+            withheld,
             env,
             programs: ProgramCache::default(),
             plugins,
@@ -83,6 +103,7 @@ impl RunContext {
                 Action::Deploy(d) => d.approvers.is_some(),
                 _ => false,
             }),
+            trusted_cache: trust.trusted_root.as_deref().map(super::cache::StepCache::open_read_only),
         })
     }
 }
@@ -104,6 +125,7 @@ impl RunContext {
             run_dir,
             git: GitInfo::default(),
             secrets: HashMap::new(),
+            withheld: BTreeMap::new(),
             masker: Masker::default(),
             env: std::env::vars().collect(),
             programs: ProgramCache::default(),
@@ -112,6 +134,7 @@ impl RunContext {
             protected: Protected::default(),
             cache: None,
             signed_gates: false,
+            trusted_cache: None,
         }
     }
 }
@@ -147,8 +170,12 @@ pub struct Rendered {
 
 impl RunContext {
     /// What a process step must not inherit from pipe's environment.
-    fn unset(&self) -> Vec<&'static str> {
-        if self.signed_gates { vec!["SSH_AUTH_SOCK"] } else { Vec::new() }
+    /// What a step's process must not inherit from pipe's environment:
+    /// secrets withheld from this run's branch, and the ssh-agent socket when
+    /// gates take signed decisions.
+    fn unset(&self) -> Vec<String> {
+        let agent = self.signed_gates.then(|| "SSH_AUTH_SOCK".to_string());
+        self.withheld.keys().cloned().chain(agent).collect()
     }
 
     /// The step's env: pipeline, then stage, then step values, each layer seeing the ones before.
@@ -305,7 +332,10 @@ impl RunContext {
         t.render(|r| {
             let missing = |reason: &str| RenderError { reference: r.text.clone(), reason: reason.to_string() };
             match &r.kind {
-                RefKind::Env(n) => self.env.get(n).cloned().ok_or_else(|| missing("not set in the environment")),
+                RefKind::Env(n) => match self.withheld.get(n) {
+                    Some(branches) => Err(missing(&self.restricted(n, branches))),
+                    None => self.env.get(n).cloned().ok_or_else(|| missing("not set in the environment")),
+                },
                 RefKind::Secret(n) => self.secret(n).map_err(|why| missing(&why)),
                 RefKind::GitSha => Ok(self.git.sha.clone()),
                 RefKind::GitBranch => Ok(self.git.branch.clone()),
@@ -320,7 +350,16 @@ impl RunContext {
     /// A secret's value; a declared secret that is not set is an error only
     /// here, where a step that runs reads it.
     fn secret(&self, name: &str) -> Result<String, String> {
+        if let Some(branches) = self.withheld.get(name) {
+            return Err(self.restricted(name, branches));
+        }
         self.secrets.get(name).cloned().ok_or_else(|| format!("secret `{name}` is not set in the environment"))
+    }
+
+    fn restricted(&self, name: &str, branches: &str) -> String {
+        let branch =
+            if self.git.branch.is_empty() { "no branch".to_string() } else { format!("`{}`", self.git.branch) };
+        format!("secret `{name}` is restricted to branches {branches}; this run is of {branch}")
     }
 
     fn render_image_build(
@@ -436,6 +475,9 @@ impl RunContext {
     ) -> Result<String, RenderError> {
         let missing = |what: &str| Err(RenderError { reference: r.text.clone(), reason: what.to_string() });
         match &r.kind {
+            RefKind::Env(name) if !env.contains_key(name) && self.withheld.contains_key(name) => {
+                missing(&self.restricted(name, &self.withheld[name]))
+            }
             RefKind::Env(name) => match env.get(name).or_else(|| self.env.get(name)) {
                 Some(v) => Ok(v.clone()),
                 None => missing("not set in the pipeline nor in the environment"),

@@ -2,6 +2,7 @@
 //! into an [`Invocation`] and calls [`execute`]; a new step kind is a new
 //! variant here and one executor module, and nothing changes in the scheduler.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,14 +43,22 @@ impl Invocation {
     /// where its outputs go). `None`: this kind is never cached.
     pub fn fingerprint(&self) -> Option<String> {
         let stable = |env: &[(String, String)]| -> Vec<(String, String)> {
-            let mut env: Vec<(String, String)> =
-                env.iter().filter(|(k, _)| !matches!(k.as_str(), "PIPE_RUN_ID" | "PIPE_OUTPUT")).cloned().collect();
+            let mut env: Vec<(String, String)> = env
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "PIPE_RUN_ID" | "PIPE_OUTPUT" | "PIPE_WORKSPACE"))
+                .cloned()
+                .collect();
             env.sort();
             env
         };
         let text = match self {
             Invocation::Process(p) => {
-                format!("process\0{:?}\0{:?}\0{:?}\0{:?}", p.program, p.args, p.workdir, stable(&p.env))
+                // Where the checkout is does not count, only the working
+                // directory within the pipeline's: `pipe watch` checks each
+                // branch out apart, and a branch may read the trusted one's cache.
+                let workspace = p.env.iter().find(|(k, _)| k == "PIPE_WORKSPACE").map(|(_, v)| Path::new(v));
+                let workdir = workspace.and_then(|w| p.workdir.strip_prefix(w).ok()).unwrap_or(&p.workdir);
+                format!("process\0{:?}\0{:?}\0{:?}\0{:?}", p.program, p.args, workdir, stable(&p.env))
             }
             Invocation::Container(c) | Invocation::SwarmJob(c) => format!(
                 "container\0{}\0{:?}\0{:?}\0{:?}\0{}\0{:?}\0{:?}\0{:?}\0{:?}",

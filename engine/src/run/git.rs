@@ -1,5 +1,7 @@
 //! `${git.sha}` and `${git.branch}`, asked of git once per run.
-//! `PIPE_GIT_SHA` / `PIPE_GIT_BRANCH` override them (CI checkouts are often detached).
+//! `PIPE_GIT_SHA` / `PIPE_GIT_BRANCH` override them (CI checkouts are often
+//! detached) for `pipe run`; never for runs `pipe watch` starts, whose facts
+//! come from the trigger (see `run::trust`), nor from a pipeline's own `env`.
 
 use std::path::Path;
 use std::process::Command;
@@ -79,6 +81,17 @@ pub fn changed_since(dir: &Path, base: &str) -> Result<Vec<std::path::PathBuf>, 
         .ok_or_else(|| format!("git diff against {base} failed"))?;
     let untracked = output(&top, &["ls-files", "--others", "--exclude-standard"]).unwrap_or_default();
     Ok(diff.lines().chain(untracked.lines()).filter(|l| !l.is_empty()).map(|l| top.join(l)).collect())
+}
+
+/// Whether `a` is an ancestor of `b` (false too when either is gone).
+pub fn is_ancestor(dir: &Path, a: &str, b: &str) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["merge-base", "--is-ancestor", a, b])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Commits on `to` after `from`, oldest first (`from` none: only `to`).

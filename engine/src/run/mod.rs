@@ -21,6 +21,7 @@ pub mod secrets;
 mod services;
 mod standalone;
 mod swarm;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use error::{RenderError, RunError};
 pub use records::RecordWriter;
 use scheduler::Scheduler;
 pub use standalone::deploy_alone;
+pub use trust::Trust;
 
 pub struct RunOptions {
     /// Where `.pipe/` lives (the repository root).
@@ -51,6 +53,8 @@ pub struct RunOptions {
     pub unaffected: std::collections::HashMap<String, String>,
     /// What started the run (`pipe watch`: a push), for its record.
     pub trigger: Option<crate::state::record::Trigger>,
+    /// What the starter of the run knows of it (`pipe watch`: its branch).
+    pub trust: Trust,
 }
 
 pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRecord, RunError> {
@@ -74,7 +78,7 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     } else {
         None
     };
-    let mut ctx = RunContext::prepare(plan, &opts.root, run_id.clone()).await?;
+    let mut ctx = RunContext::prepare(plan, &opts.root, run_id.clone(), &opts.trust).await?;
     if opts.no_cache {
         ctx.cache = None;
     }

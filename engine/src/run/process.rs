@@ -45,9 +45,9 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
     /// Variables of pipe's own environment the step must not inherit, even
-    /// when the pipeline sets them (the ssh-agent socket, when gates of the
-    /// run take signed decisions).
-    pub unset: Vec<&'static str>,
+    /// when the pipeline sets them (secrets withheld from the run's branch;
+    /// the ssh-agent socket, when gates of the run take signed decisions).
+    pub unset: Vec<String>,
 }
 
 pub async fn run(spec: &ProcessSpec, log: &StepLog, cancel: &CancellationToken) -> Exit {

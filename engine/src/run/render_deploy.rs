@@ -212,6 +212,7 @@ impl RunContext {
                     .join(file_safe(&self.pipeline))
                     .join(file_safe(&d.name))
                     .join(format!("{}.log", file_safe(&slot.name))),
+                unset: self.withheld.keys().cloned().collect(),
             }),
         })
     }

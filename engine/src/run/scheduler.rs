@@ -246,6 +246,7 @@ impl<'p> Scheduler<'p> {
                 }),
                 _ => None,
             },
+            trusted_cache: self.ctx.trusted_cache.clone(),
         })
     }
 

@@ -1,8 +1,11 @@
 //! Secret values, read at run start from the environment and from untracked
 //! dotenv files (parsed by `dotenvy`: quotes, `export`, multi-line values). A
-//! secrets file that git tracks is refused: it is already leaked.
+//! secrets file that git tracks is refused: it is already leaked. A secret
+//! restricted to branches (`from-env "X" branch="main"`) is withheld from the
+//! runs of other branches: from `${secrets.X}`, `${env.X}` and the processes'
+//! environment alike.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
@@ -50,6 +53,16 @@ pub fn load(spec: &Secrets, env: &HashMap<String, String>) -> Result<HashMap<Str
         }
     }
     Ok(values)
+}
+
+/// The declared secrets a run of `branch` may not have, each with the glob of
+/// the branches that may.
+pub fn withheld(spec: &Secrets, branch: &str) -> BTreeMap<String, String> {
+    spec.branch_only
+        .iter()
+        .filter(|(_, only)| !only.matcher.is_match(branch))
+        .map(|(name, only)| (name.clone(), only.pattern.clone()))
+        .collect()
 }
 
 fn tracked_by_git(path: &Path) -> bool {

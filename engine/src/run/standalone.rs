@@ -20,7 +20,7 @@ pub async fn deploy_alone(
     release: Option<&Release>,
 ) -> Result<DeployRun, RunError> {
     let run_id = format!("deploy-{}", super::new_run_id(std::time::SystemTime::now(), std::process::id()));
-    let mut ctx = RunContext::prepare(plan, root, run_id).await?;
+    let mut ctx = RunContext::prepare(plan, root, run_id, &super::Trust::default()).await?;
     if let Some(r) = release {
         ctx.git.sha = r.git_sha.clone();
     }

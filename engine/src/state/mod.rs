@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod lock;
 pub mod record;
+pub mod retention;
 pub mod store;
 
 use std::path::PathBuf;

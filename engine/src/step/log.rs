@@ -193,7 +193,7 @@ impl StepLog {
 
 /// Removes what a terminal would interpret: ANSI escape sequences (CSI and OSC),
 /// other C0/C1 control characters (a tab stays), and bidirectional overrides.
-pub(crate) fn sanitize(line: &str) -> String {
+pub fn sanitize(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {

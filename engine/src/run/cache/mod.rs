@@ -37,6 +37,8 @@ const DEFAULT_MAX: u64 = 2 << 30;
 pub struct StepCache {
     dir: PathBuf,
     max_bytes: u64,
+    /// A more trusted branch's cache: looked up, never written, touched or pruned.
+    read_only: bool,
 }
 
 /// What a cached run of a step left.
@@ -68,7 +70,13 @@ impl StepCache {
     pub fn open(root: &Path) -> StepCache {
         let max_bytes =
             std::env::var("PIPE_CACHE_SIZE").ok().and_then(|v| crate::lang::parse_size(&v)).unwrap_or(DEFAULT_MAX);
-        StepCache { dir: root.join(".pipe").join("cache"), max_bytes }
+        StepCache { dir: root.join(".pipe").join("cache"), max_bytes, read_only: false }
+    }
+
+    /// Another root's cache, to read only (`pipe watch`: a feature branch's
+    /// run reads the trusted branch's, and never writes, touches or prunes it).
+    pub fn open_read_only(root: &Path) -> StepCache {
+        StepCache { read_only: true, ..StepCache::open(root) }
     }
 
     fn entry_dir(&self, key: &str) -> PathBuf {
@@ -85,7 +93,9 @@ impl StepCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Refused(format!("cannot read the entry: {e}"))),
             Ok(m) if !m.is_dir() => {
-                let _ = usage::remove(&dir);
+                if !self.read_only {
+                    let _ = usage::remove(&dir);
+                }
                 return Err(Refused("the entry is not a directory".into()));
             }
             Ok(_) => {}
@@ -103,12 +113,16 @@ impl StepCache {
         match result {
             Ok(entry) => {
                 // Touched: the least recently used go first.
-                let _ = touch(&dir.join("entry.json"));
+                if !self.read_only {
+                    let _ = touch(&dir.join("entry.json"));
+                }
                 Ok(Some(entry))
             }
             Err(refused) => {
-                tracing::warn!(key, reason = %refused.0, "refusing a cache entry; removing it");
-                let _ = usage::remove(&dir);
+                tracing::warn!(key, reason = %refused.0, "refusing a cache entry");
+                if !self.read_only {
+                    let _ = usage::remove(&dir);
+                }
                 Err(refused)
             }
         }
@@ -124,6 +138,9 @@ impl StepCache {
         outputs: &BTreeMap<String, String>,
         took: Duration,
     ) -> Result<(), String> {
+        if self.read_only {
+            return Err("the cache is another branch's, read only".into());
+        }
         let declared = check::declared(&job.spec)?;
         check::outputs_hold(outputs, &job.masker)?;
         let items = files::list(&job.dir, &declared).map_err(|e| format!("its declared output {e}"))?;
