@@ -47,8 +47,13 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
 
 /// Where a step kind's structured report (a deployment's phases and probe
 /// numbers) sits beside its outputs file; the run record keeps it.
+/// The name is the whole outputs file name plus a suffix: step ids hold a dot
+/// (`stage.step`), so replacing an "extension" would give every step of a
+/// stage the same file, which a sibling step could then read or delete.
 pub fn details_path(output_file: &std::path::Path) -> std::path::PathBuf {
-    output_file.with_extension("details.json")
+    let mut name = output_file.file_name().unwrap_or_default().to_os_string();
+    name.push(".details.json");
+    output_file.with_file_name(name)
 }
 
 /// Writes outputs in the `$PIPE_OUTPUT` format, heredocs for multi-line values.
@@ -78,6 +83,15 @@ mod tests {
         assert_eq!(got["a"], "2");
         assert_eq!(got["b"], "x=y");
         assert_eq!(got["notes"], "line 1\nline 2");
+    }
+
+    #[test]
+    fn each_step_has_its_own_details_file() {
+        let dir = std::path::Path::new("/run/outputs");
+        let a = details_path(&dir.join("deploy.web"));
+        let b = details_path(&dir.join("deploy.smoke"));
+        assert_ne!(a, b);
+        assert_eq!(a, dir.join("deploy.web.details.json"));
     }
 
     #[test]
