@@ -270,7 +270,7 @@ mod tests {
 
     use super::*;
     use crate::run::container::ContainerRun;
-    use crate::run::swarm::unpack::{Destination, unpack};
+    use crate::run::swarm::unpack::{Destination, Place, unpack};
 
     const O: Stream = Stream::Stdout;
     const E: Stream = Stream::Stderr;
@@ -459,6 +459,22 @@ mod tests {
         assert!(got.files.as_ref().is_err_and(|e| e.contains("more than 7 B")), "{:?}", got.files);
         assert_eq!(got.left, ["ws/.secrets.env"], "a file or a temporary file was left");
         assert!(Limits::from_env().per_file <= Limits::from_env().total);
+    }
+
+    #[test]
+    fn a_hooks_path_in_the_workspace_is_as_closed_as_git_hooks() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ws = dir.path();
+        for args in [&["init", "-q"][..], &["config", "core.hooksPath", ".husky/_"]] {
+            let ok = std::process::Command::new("git").arg("-C").arg(ws).args(args).status().expect("git");
+            assert!(ok.success(), "git {args:?}");
+        }
+        let spec = ContainerRun { workspace: ws.to_path_buf(), ..run() };
+        let dest = Destination::for_step(&spec);
+        let refused = |p: &str| matches!(dest.place(p), Ok(Place::Refuse(_)));
+        assert!(refused("workspace/.husky/_/post-checkout"));
+        assert!(refused("workspace/.git/hooks/post-checkout"));
+        assert!(!refused("workspace/.husky/post-checkout-notes.md"));
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Destination {
     output_names: Vec<String>,
     /// pipe's own files (the state root, secrets files), resolved: never written.
     private: Vec<PathBuf>,
+    /// Where git runs hooks from, when `core.hooksPath` puts it in the workspace.
+    hooks: Option<PathBuf>,
 }
 
 /// What becomes of one file of the block.
@@ -46,8 +48,10 @@ impl Destination {
             .flat_map(|o| [o.to_path_buf(), crate::step::outputs::details_path(o)])
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
+        let workspace = crate::plugin::grants::absolute(&spec.workspace);
         Destination {
-            workspace: crate::plugin::grants::absolute(&spec.workspace),
+            hooks: hooks_dir(&workspace),
+            workspace,
             outputs: spec.outputs.clone(),
             output_names,
             private: spec.private.iter().map(|p| crate::plugin::grants::absolute(p)).collect(),
@@ -74,11 +78,29 @@ impl Destination {
             return Ok(Place::Refuse("pipe's own files (`.pipe` at any depth) never come back"));
         }
         let lexical = self.workspace.join(rel);
+        if self.hooks.as_ref().is_some_and(|h| lexical.starts_with(h)) {
+            return Ok(Place::Refuse("git runs hooks from there (`core.hooksPath`)"));
+        }
         if self.private.iter().any(|p| lexical.starts_with(p) || p.starts_with(&lexical)) {
             return Ok(Place::Refuse("pipe's state and secrets files never come back"));
         }
         inside(&self.workspace, rel).map(Place::Write).ok_or_else(outside)
     }
+}
+
+/// The directory git runs hooks from for the repository holding `workspace`
+/// (`core.hooksPath`, e.g. husky's `.husky/_`), resolved; `None` outside a
+/// repository. `rev-parse` runs no hook and no fsmonitor.
+fn hooks_dir(workspace: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(workspace)
+        .args(["rev-parse", "--path-format=absolute", "--git-path", "hooks"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !path.trim().is_empty()).then(|| crate::plugin::grants::absolute(Path::new(path.trim())))
 }
 
 /// The names of `rel` when it is relative and normalized: no empty, `.` or
