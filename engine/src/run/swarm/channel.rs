@@ -184,16 +184,16 @@ impl Receiver {
     /// The held lines go to the log as the step's own text.
     fn release(&mut self, emit: &mut Emit<'_>) {
         let Some(held) = self.held.take() else { return };
-        if let Ok(mut spool) = held.spool {
-            if spool.rewind().is_ok() {
-                for line in BufReader::new(spool).lines().map_while(Result::ok) {
-                    // The last blank one may be the wrapper's, before its `begin`.
-                    if std::mem::replace(&mut self.blank, line.is_empty()) {
-                        emit(Stream::Stdout, "");
-                    }
-                    if !line.is_empty() {
-                        emit(Stream::Stdout, &line);
-                    }
+        if let Ok(mut spool) = held.spool
+            && spool.rewind().is_ok()
+        {
+            for line in BufReader::new(spool).lines().map_while(Result::ok) {
+                // The last blank one may be the wrapper's, before its `begin`.
+                if std::mem::replace(&mut self.blank, line.is_empty()) {
+                    emit(Stream::Stdout, "");
+                }
+                if !line.is_empty() {
+                    emit(Stream::Stdout, &line);
                 }
             }
         }
@@ -278,6 +278,10 @@ mod tests {
     const END: &str = "::pipe-ship:n:end";
     const HELLO: &str = "aGVsbG8K";
     const X: &str = "eAo=";
+    /// A case: its name, the task's log, the lines the step keeps, the files that come back.
+    type Case<'a> = (&'a str, Vec<(Stream, &'a str)>, Vec<&'a str>, &'a [(&'a str, u32, &'a str)]);
+    /// A case that fails: its name, the task's log, the error.
+    type Failing<'a> = (&'a str, Vec<(Stream, &'a str)>, &'a str);
     const ROOMY: Limits = Limits { per_file: 1 << 20, total: 1 << 20 };
 
     fn file(mode: &str, path: &str) -> String {
@@ -349,7 +353,7 @@ mod tests {
         let tool = file("755", "workspace/bin/tool");
         let output = file("644", "pipe/outputs/s");
         #[rustfmt::skip]
-        let table: Vec<(&str, Vec<(Stream, &str)>, Vec<&str>, &[(&str, u32, &str)])> = vec![
+        let table: Vec<Case> = vec![
             ("genuine", vec![(O, "building"), (O, ""), (O, BEGIN), (O, &real), (O, HELLO), (O, &tool), (O, X), (O, &output), (O, "dmVyc2lvbj0xCg=="), (O, END)],
              vec!["building"], &[("ws/real", 0o644, "hello\n"), ("ws/bin/tool", 0o755, "x\n"), ("out/s", 0o644, "version=1\n")]),
             ("a forged block before the genuine one is text", vec![(O, BEGIN), (O, &forged), (O, X), (O, &outside), (O, X), (O, END), (O, "after"), (O, ""), (O, BEGIN), (O, &real), (O, HELLO), (O, END)],
@@ -377,7 +381,7 @@ mod tests {
         let a = file("644", "workspace/a");
         let setuid = file("4755", "workspace/a");
         #[rustfmt::skip]
-        let table: Vec<(&str, Vec<(Stream, &str)>, &str)> = vec![
+        let table: Vec<Failing> = vec![
             ("no block", vec![(O, "done")], "did not come back"),
             ("a forged begin that nothing follows", vec![(O, BEGIN), (O, &a), (O, HELLO)], "did not come back"),
             ("a line after the end", vec![(O, BEGIN), (O, &a), (O, HELLO), (O, END), (O, "late")], "did not come back"),
