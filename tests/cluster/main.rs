@@ -6,6 +6,16 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+mod ship_trust;
+
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -44,10 +54,17 @@ fn main() {
     // One cluster on two cores: the tests take turns, the fault test last.
     args.test_threads.get_or_insert(1);
     let shared: Shared = Arc::new(OnceLock::new());
-    let tests: [(&str, ClusterTest); 7] = [
+    let tests: [(&str, ClusterTest); 11] = [
         ("an_unreachable_registry_is_one_error_before_any_step", unreachable_registry),
         ("a_worker_sees_no_workspace_unless_pipe_ships_it", unshipped_workspace_is_absent),
         ("the_workspace_is_shipped_to_workers_and_changes_come_back", shipped_workspace),
+        ("git_and_pipe_files_never_come_back_from_a_worker", ship_trust::git_and_pipe_files_never_come_back),
+        ("a_forged_file_back_is_ignored", ship_trust::a_forged_file_back_is_ignored),
+        (
+            "more_than_the_return_bound_fails_and_writes_nothing",
+            ship_trust::more_than_the_bound_fails_and_writes_nothing,
+        ),
+        ("the_shipped_image_holds_no_git_nor_secrets", ship_trust::shipped_image_holds_no_git_nor_secrets),
         ("a_built_image_is_pushed_and_run_by_digest_on_a_worker", built_image_by_digest),
         ("sidecars_are_swarm_services_reachable_by_name_from_every_node", sidecars_on_the_swarm),
         ("ctrl_c_during_a_shipped_step_removes_its_service_and_image", cancelled_shipped_step),
@@ -64,14 +81,6 @@ fn main() {
     // The trials are gone; this is the last handle: the cluster goes down here.
     drop(shared);
     conclusion.exit();
-}
-
-macro_rules! check {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+).into());
-        }
-    };
 }
 
 fn unreachable_registry(f: &Fixture) -> Result<(), Failed> {

@@ -351,3 +351,41 @@ fn a_deleted_branch_leaves_no_worktree_nor_records_behind() {
     assert!(!String::from_utf8_lossy(&worktrees.expect("git").stdout).contains("short-lived"));
     assert!(branch_dir(&dir, "main").is_some(), "the trusted branch's stays");
 }
+
+/// A repository whose configuration points git's hooks into the work tree
+/// (husky does this): a branch's own hook file must not run when the watcher
+/// checks the branch out.
+#[test]
+fn a_branch_hook_does_not_run_on_the_watchers_checkout() {
+    let test = Test::new().pipeline(GATED).file("version.txt", "1").file(".gitignore", ".pipe/\n").git("main");
+    let dir = test.path().to_path_buf();
+    git(&dir, &["config", "core.hooksPath", ".husky"]);
+    let marker = dir.join("hook-ran");
+    let hook = format!("#!/bin/sh\ntouch '{}'\n", marker.display());
+    git(&dir, &["checkout", "-q", "-b", "feature"]);
+    write_commit(&dir, &[(".husky/post-checkout", &hook)], "a hook");
+    let path = dir.join(".husky/post-checkout");
+    let mut perms = std::fs::metadata(&path).expect("hook").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).expect("chmod");
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "executable hook"]);
+    git(&dir, &["checkout", "-q", "main"]);
+    let _ = std::fs::remove_file(&marker);
+    watch_once(&test, &[]);
+    write_commit(&dir, &[("version.txt", "2")], "next");
+    git(&dir, &["checkout", "-q", "feature"]);
+    write_commit(&dir, &[("version.txt", "3")], "feature next");
+    git(&dir, &["checkout", "-q", "main"]);
+    // The first run of the branch adds its worktree; the next checks out in it.
+    for round in 0..2 {
+        if round > 0 {
+            git(&dir, &["checkout", "-q", "feature"]);
+            write_commit(&dir, &[("version.txt", "4")], "feature again");
+            git(&dir, &["checkout", "-q", "main"]);
+        }
+        let _ = std::fs::remove_file(&marker);
+        watch_once(&test, &[]);
+        assert!(!marker.exists(), "the branch's post-checkout hook ran on the watcher's checkout (round {round})");
+    }
+}

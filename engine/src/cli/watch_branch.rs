@@ -53,6 +53,9 @@ pub fn trusted_branch(top: &Path, remote: Option<&str>, given: Option<&str>) -> 
 /// Checks `commit` out in `work`, creating the worktree the first time. A
 /// commit that tracks `.pipe` is refused: checked out, it could put a symlink
 /// where the branch's state goes and have its runs write into another's.
+/// git configuration for the watcher's checkouts: hooks from nowhere.
+const NO_HOOKS: &str = "core.hooksPath=/dev/null";
+
 pub fn checkout(top: &Path, work: &Path, commit: &str) -> Result<(), String> {
     let tracked = git::output(top, &["ls-tree", "--name-only", commit, "--", ".pipe"]).unwrap_or_default();
     if !tracked.is_empty() {
@@ -63,11 +66,15 @@ pub fn checkout(top: &Path, work: &Path, commit: &str) -> Result<(), String> {
         if let Some(parent) = work.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        if !git::run(top, &["worktree", "add", "--quiet", "--detach", "--force", &work.to_string_lossy(), commit]) {
+        // No hook runs on the watcher's checkouts: a branch's own files (or a
+        // `core.hooksPath` pointing into them) must not run code here.
+        let add =
+            ["-c", NO_HOOKS, "worktree", "add", "--quiet", "--detach", "--force", &work.to_string_lossy(), commit];
+        if !git::run(top, &add) {
             return Err("git worktree add failed".into());
         }
     } else {
-        let ok = git::run(work, &["checkout", "--quiet", "--detach", "--force", commit])
+        let ok = git::run(work, &["-c", NO_HOOKS, "checkout", "--quiet", "--detach", "--force", commit])
             && git::run(work, &["clean", "-q", "-fdx", "-e", ".pipe"]);
         if !ok {
             return Err("git checkout failed".into());

@@ -12,6 +12,8 @@ use globset::{GlobBuilder, GlobMatcher};
 pub struct DockerIgnore {
     rules: Vec<(GlobMatcher, bool)>,
     keep: Vec<String>,
+    /// Paths left out with all they hold, whatever the rules say.
+    never: Vec<PathBuf>,
 }
 
 impl DockerIgnore {
@@ -40,11 +42,14 @@ impl DockerIgnore {
             rules.push((glob.compile_matcher(), include));
         }
         let keep = vec![clean(dockerfile), ".dockerignore".to_string()];
-        Ok(DockerIgnore { rules, keep })
+        Ok(DockerIgnore { rules, keep, never: Vec::new() })
     }
 
     /// Whether `rel` (a path relative to the context root) is left out.
     pub fn excludes(&self, rel: &Path) -> bool {
+        if self.never.iter().any(|p| rel.starts_with(p)) {
+            return true;
+        }
         let rel = rel.to_string_lossy().replace('\\', "/");
         if self.keep.contains(&rel) {
             return false;
@@ -89,6 +94,13 @@ impl DockerIgnore {
     pub fn exclude(mut self, pattern: &str) -> Result<DockerIgnore, String> {
         self.rules.extend(DockerIgnore::parse(pattern, "")?.rules);
         Ok(self)
+    }
+
+    /// Leaves out `rel` (a path relative to the context root, taken as it is,
+    /// not as a pattern) and everything below it, whatever the rules say.
+    pub fn exclude_path(mut self, rel: &Path) -> DockerIgnore {
+        self.never.push(rel.to_path_buf());
+        self
     }
 
     /// Adds to `archive` what of `dir` the rules let through, each under

@@ -141,6 +141,12 @@ impl Protected {
         }
     }
 
+    /// The paths no grant may reach at all (the state root, secrets files,
+    /// the plugin cache key), resolved.
+    pub fn private(&self) -> &[PathBuf] {
+        &self.secret
+    }
+
     /// Why granting `dir` (for writing, or only reading) would reach pipe's own files.
     pub fn check(&self, dir: &Path, write: bool) -> Result<(), String> {
         let dir = absolute(dir);

@@ -44,6 +44,9 @@ pub struct ContainerRun {
     /// The registry the swarm's nodes pull from: the workspace is shipped
     /// through it (the Swarm executor only).
     pub registry: Option<String>,
+    /// pipe's own files (the state root, secrets files): never shipped to a
+    /// worker, never written back from one.
+    pub private: Vec<PathBuf>,
 }
 
 impl ContainerRun {

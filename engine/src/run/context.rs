@@ -322,6 +322,7 @@ impl RunContext {
             labels: labels(&self.run_id, &self.pipeline, ("pipe.step", &step.id)),
             placement: Vec::new(),
             registry: None,
+            private: self.protected.private().to_vec(),
         };
         Ok(run)
     }

@@ -5,7 +5,9 @@
 //! removed afterwards. With a registry the workspace is shipped (`ship`), so
 //! the task may land on any node.
 
+mod channel;
 mod ship;
+mod unpack;
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::container::{ContainerRun, OUTPUTS, WORKSPACE};
 use crate::docker;
 use crate::step::{Exit, StepLog};
-use ship::{Receiver, Shipment};
+use channel::Receiver;
+use ship::Shipment;
+use unpack::Destination;
 
 const POLL: Duration = Duration::from_millis(100);
 /// A job that no node has started by then will not start: no node fits its
@@ -68,13 +72,8 @@ async fn run_service(
         () = cancel.cancelled() => Exit::Cancelled,
     };
     let exit = match (exit, shipment) {
-        (Exit::Code(code), Some(_)) => match receiver.unpack(spec) {
-            Ok(n) => {
-                if n > 0 {
-                    log.note(&format!("{n} changed file(s) came back from the swarm"));
-                }
-                Exit::Code(code)
-            }
+        (Exit::Code(code), Some(_)) => match bring_back(receiver, spec, log) {
+            Ok(()) => Exit::Code(code),
             Err(e) => Exit::Error(e),
         },
         (exit, _) => exit,
@@ -83,6 +82,19 @@ async fn run_service(
         log.note(&format!("could not remove swarm service {}: {e}", spec.name));
     }
     exit
+}
+
+/// Writes back the files of the block that ended the task's log.
+fn bring_back(receiver: Receiver, spec: &ContainerRun, log: &StepLog) -> Result<(), String> {
+    let block = receiver.finish(&mut |kind, line| log.line(kind, line))?;
+    let done = unpack::unpack(block, &Destination::for_step(spec))?;
+    for (path, why) in &done.refused {
+        log.note(&format!("not taken back from the swarm: `{}` ({why})", path.escape_debug()));
+    }
+    if done.written > 0 {
+        log.note(&format!("{} changed file(s) came back from the swarm", done.written));
+    }
+    Ok(())
 }
 
 /// Waits for the job's task to end, streaming its log (through the manager,
@@ -111,9 +123,7 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog, receiver: &mut Re
                     docker::lines(docker.task_logs(&id, Some(options)), |kind, line| {
                         let mut r = received.lock().unwrap_or_else(|e| e.into_inner());
                         r.1 += 1;
-                        if let Some(own) = r.0.take(kind, line) {
-                            log.line(kind, own);
-                        }
+                        r.0.take(kind, line, &mut |k, l| log.line(k, l));
                     })
                     .await
                 }));
@@ -171,10 +181,8 @@ async fn follow(docker: &Docker, service: &str, log: &StepLog, receiver: &mut Re
         let mut n = 0;
         docker::lines(docker.task_logs(&id, Some(options)), |kind, line| {
             n += 1;
-            if n > seen
-                && let Some(own) = rest.take(kind, line)
-            {
-                log.line(kind, own);
+            if n > seen {
+                rest.take(kind, line, &mut |k, l| log.line(k, l));
             }
         })
         .await;
@@ -220,6 +228,9 @@ fn service(spec: &ContainerRun, shipment: Option<&Shipment>) -> ServiceSpec {
                 dir: Some(spec.workdir.clone()),
                 user: spec.user.clone(),
                 labels: Some(spec.labels.clone()),
+                // Shipped, the wrapper must be PID 1: it kills the rest of the
+                // container before it answers (see `channel`).
+                init: shipment.map(|_| false),
                 // Shipped, the workspace is in the image: no node needs the checkout.
                 mounts: shipment
                     .is_none()
