@@ -169,3 +169,25 @@ pipeline "p" {
     let reason = out.step("s.py")["reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("not a POSIX shell") && reason.contains("env"), "{reason}");
 }
+
+/// A step's output (and a value shown in its command line) cannot move the
+/// cursor to overwrite pipe's own lines or forge a "✓".
+#[test]
+fn a_step_cannot_forge_pipe_s_console_output() {
+    let out = Test::new()
+        .file("forge.txt", "v=\r\u{1b}[2K\u{1b}[1A\u{1b}[32m✓ deploy.ship 0.1s\u{1b}[0m\n")
+        .pipeline(
+            r#"
+pipeline "p" {
+    stage "s" {
+        step "a" { run "printf 'x\\r\\033[2K\\033[1A\\033]0;title\\007\\342\\234\\223 forged\\n'; cat forge.txt >> $PIPE_OUTPUT" }
+        step "b" { run "echo ${steps.s.a.outputs.v}"; needs "a" }
+    }
+}
+"#,
+        )
+        .args(&["run"])
+        .expect(0);
+    assert!(!out.stdout.contains('\r') && !out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    assert!(out.stdout.contains("✓ forged"), "the text itself stays: {}", out.stdout);
+}

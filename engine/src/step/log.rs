@@ -194,6 +194,17 @@ impl StepLog {
 /// Removes what a terminal would interpret: ANSI escape sequences (CSI and OSC),
 /// other C0/C1 control characters (a tab stays), and bidirectional overrides.
 pub fn sanitize(line: &str) -> String {
+    clean(line, false)
+}
+
+/// As [`sanitize`], but keeps colours (SGR: `ESC [ digits;… m`), which a
+/// step's tools print and which cannot move the cursor or overwrite pipe's
+/// own text: what a step prints to the console goes through this.
+pub fn sanitize_keep_colors(line: &str) -> String {
+    clean(line, true)
+}
+
+fn clean(line: &str, keep_colors: bool) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
@@ -201,10 +212,18 @@ pub fn sanitize(line: &str) -> String {
             '\u{1b}' => match chars.next() {
                 // CSI: parameters and intermediates, up to a final byte.
                 Some('[') => {
+                    let mut sequence = String::new();
                     for c in chars.by_ref() {
                         if ('\u{40}'..='\u{7e}').contains(&c) {
+                            let color = c == 'm' && sequence.chars().all(|p| p.is_ascii_digit() || p == ';');
+                            if keep_colors && color {
+                                out.push_str("\u{1b}[");
+                                out.push_str(&sequence);
+                                out.push('m');
+                            }
                             break;
                         }
+                        sequence.push(c);
                     }
                 }
                 // OSC (titles, hyperlinks): up to BEL or ESC \\.
@@ -237,5 +256,7 @@ mod tests {
         assert_eq!(sanitize("a\rb\u{8}c\td"), "abc\td");
         assert_eq!(sanitize("\u{202e}evil"), "evil");
         assert_eq!(sanitize("✓ deploy.ship 1.2s"), "✓ deploy.ship 1.2s");
+        assert_eq!(super::sanitize_keep_colors("\u{1b}[1;32mok\u{1b}[0m"), "\u{1b}[1;32mok\u{1b}[0m");
+        assert_eq!(super::sanitize_keep_colors("\r\u{1b}[2K\u{1b}[1A✓ forged\u{1b}]0;t\u{7}"), "✓ forged");
     }
 }

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::duration;
 use crate::event::{Event, Stream, Subscriber};
 use crate::state::{RunRecord, RunStatus, Status, StepRecord};
+use crate::step::log::{sanitize, sanitize_keep_colors};
 
 /// Above this many steps the summary lists only what did not succeed.
 const FULL_SUMMARY_MAX: usize = 40;
@@ -73,6 +74,8 @@ impl Human {
                     let prefix = self.prefix(step);
                     for (i, line) in command.lines().enumerate() {
                         let lead = if i == 0 { "$" } else { " " };
+                        // The command shows values (step outputs, branch names) in place.
+                        let line = sanitize(line);
                         self.print(&format!("{prefix} {DIM}│ {lead} {line}{DIM:#}"));
                     }
                 }
@@ -82,6 +85,8 @@ impl Human {
             Event::StepLog { step, stream, line } => {
                 let style = if *stream == Stream::Pipe { DIM } else { Style::new() };
                 let prefix = self.prefix(step);
+                // A step's bytes must not move the cursor over pipe's own lines.
+                let line = sanitize_keep_colors(line);
                 self.print(&format!("{prefix} {DIM}│{DIM:#} {style}{line}{style:#}"));
             }
             Event::StepRetrying { step, attempt, delay_ms, reason } => {
