@@ -8,6 +8,7 @@ mod cache;
 mod cancel;
 mod containers;
 mod deploy;
+mod deploy_trust;
 mod discovery;
 mod examples;
 mod plugins;

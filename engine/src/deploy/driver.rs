@@ -200,9 +200,9 @@ impl<'a> Driver<'a> {
     }
 
     /// The process group the journal recorded for a slot's `command` instance.
-    pub(super) async fn group(&self, slot: &str) -> Result<Option<i32>, DeployError> {
+    pub(super) async fn group(&self, slot: &str) -> Result<Option<crate::step::ProcessGroup>, DeployError> {
         let slot = slot.to_string();
-        self.journal(move |j| j.groups.get(&slot).copied()).await
+        self.journal(move |j| j.groups.get(&slot).cloned()).await
     }
 
     /// Waits until `slot` has no connection left (or the drain time is over).

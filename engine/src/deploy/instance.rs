@@ -18,6 +18,7 @@ use super::DeployError;
 use crate::docker::{self, DockerError};
 use crate::lang::model::PullPolicy;
 use crate::step::StepLog;
+use crate::step::process_group::{Check, ProcessGroup};
 
 /// Lines of an instance's output shown when it dies.
 const LAST_LINES: usize = 15;
@@ -69,7 +70,7 @@ const START_SETTLE: Duration = Duration::from_millis(300);
 
 impl InstanceRun {
     /// Starts the instance; returns the process group a `command` instance runs in.
-    pub async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<Option<i32>, DeployError> {
+    pub async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<Option<ProcessGroup>, DeployError> {
         match self {
             InstanceRun::Docker(d) => d.start(log, cancel).await.map(|()| None),
             InstanceRun::Command(c) => c.start().await.map(Some),
@@ -77,14 +78,16 @@ impl InstanceRun {
     }
 
     /// Stops it gracefully (SIGTERM, or its `stop` command), within `grace`.
-    pub async fn stop(&self, group: Option<i32>, grace: Duration) -> Result<(), DeployError> {
+    /// A recorded group that is not provably the one pipe started is not
+    /// signalled: the error says so.
+    pub async fn stop(&self, group: Option<&ProcessGroup>, grace: Duration) -> Result<(), DeployError> {
         match self {
             InstanceRun::Docker(d) => d.stop(grace).await,
             InstanceRun::Command(c) => c.stop(group, grace).await,
         }
     }
 
-    pub async fn status(&self, group: Option<i32>) -> Status {
+    pub async fn status(&self, group: Option<&ProcessGroup>) -> Status {
         match self {
             InstanceRun::Docker(d) => d.status().await,
             InstanceRun::Command(c) => c.status(group).await,
@@ -205,7 +208,7 @@ impl CommandInstance {
     /// A `start` that exits non-zero at once failed; one that exits zero
     /// started something in the background; one that keeps running is the
     /// service itself.
-    async fn start(&self) -> Result<i32, DeployError> {
+    async fn start(&self) -> Result<ProcessGroup, DeployError> {
         if let Some(dir) = self.log_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DeployError::io("create", dir, e))?;
         }
@@ -219,7 +222,8 @@ impl CommandInstance {
         let mut cmd = self.command(&self.start);
         cmd.stdout(open()?).stderr(open()?);
         let mut child = cmd.spawn().map_err(|e| DeployError::Instance(format!("cannot run `{}`: {e}", self.start)))?;
-        let group = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        // Its identity is read now, while the leader cannot have been reaped.
+        let group = ProcessGroup::of_leader(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
         match tokio::time::timeout(START_SETTLE, child.wait()).await {
             Ok(Ok(s)) if !s.success() => {
                 let how = s.code().map_or("was killed by a signal".to_string(), |c| format!("exited with code {c}"));
@@ -232,7 +236,7 @@ impl CommandInstance {
         }
     }
 
-    async fn stop(&self, group: Option<i32>, grace: Duration) -> Result<(), DeployError> {
+    async fn stop(&self, group: Option<&ProcessGroup>, grace: Duration) -> Result<(), DeployError> {
         if let Some(stop) = &self.stop {
             let run = self.command(stop).stdout(Stdio::null()).stderr(Stdio::null()).status();
             return match tokio::time::timeout(grace + Duration::from_secs(5), run).await {
@@ -242,12 +246,20 @@ impl CommandInstance {
                 Err(_) => Err(DeployError::Instance(format!("`{stop}` did not finish within {}", fmt(grace)))),
             };
         }
-        let Some(group) = group.filter(|g| *g > 0).map(Pid::from_raw) else { return Ok(()) };
+        let Some(recorded) = group else { return Ok(()) };
+        let group = match recorded.check() {
+            Check::Ours(pid) => pid,
+            Check::Gone => return Ok(()),
+            Check::NotOurs(why) => return Err(DeployError::Instance(why)),
+        };
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         while alive(group) {
             if tokio::time::Instant::now() >= deadline {
-                let _ = killpg(group, Signal::SIGKILL);
+                // Checked again: in the grace time the group may have ended and its id been reused.
+                if let Check::Ours(pid) = recorded.check() {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -255,7 +267,7 @@ impl CommandInstance {
         Ok(())
     }
 
-    async fn status(&self, group: Option<i32>) -> Status {
+    async fn status(&self, group: Option<&ProcessGroup>) -> Status {
         if let Some(status) = &self.status {
             let run = self.command(status).stdout(Stdio::null()).stderr(Stdio::null()).status();
             return match tokio::time::timeout(Duration::from_secs(10), run).await {
@@ -264,9 +276,10 @@ impl CommandInstance {
                 _ => Status::Dead(format!("`{status}` did not answer")),
             };
         }
-        match group.filter(|g| *g > 0).map(Pid::from_raw) {
-            Some(g) if alive(g) => Status::Running,
-            Some(_) => Status::Dead("its processes have exited".into()),
+        match group.map(ProcessGroup::check) {
+            Some(Check::Ours(g)) if alive(g) => Status::Running,
+            Some(Check::Ours(_) | Check::Gone) => Status::Dead("its processes have exited".into()),
+            Some(Check::NotOurs(why)) => Status::Dead(why),
             None => Status::Running,
         }
     }
@@ -274,16 +287,7 @@ impl CommandInstance {
 
 /// Whether a process group has a member that is not a zombie.
 fn alive(group: Pid) -> bool {
-    if killpg(group, None).is_err() {
-        return false;
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
-    dir.flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
-        let Some(close) = stat.rfind(')') else { return false };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        fields.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(group.as_raw()) && fields.first() != Some(&"Z")
-    })
+    killpg(group, None).is_ok() && !crate::step::process_group::members(group.as_raw()).is_empty()
 }
 
 pub fn fmt(d: Duration) -> String {

@@ -1,0 +1,147 @@
+//! What a deployment reads back and must not believe: process-group ids in
+//! the journal (a hand edit, a stale id, a journal of an older pipe), a
+//! container of the same name made by someone else, a journal that says the
+//! new slot is ready when its process is gone, and a probe verdict in the
+//! middle of a rollback. Each test plays the one who wrote the lie.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::deploy::{Repo, shop_app};
+use crate::support::servers::{Nginx, free_port, get};
+use crate::support::{Output, Test};
+
+fn repo(traffic: &str, blue: u16, green: u16, extra: &str) -> Repo {
+    let name = format!("trust{blue}");
+    let instance = format!(
+        r#"instance "command" start="exec {}" {{ env {{ VERSION "${{deploy.version}}"; HEALTH "${{env.HEALTH}}"; START_DELAY_MS "${{env.DELAY}}"; ERROR_PERCENT "${{env.ERRORS}}" }} }}"#,
+        shop_app().display()
+    );
+    let test = Test::new().pipeline(&format!(
+        r#"
+pipeline "{name}" {{
+    stage "release" {{
+        deploy "web" strategy="blue-green" version="${{env.V}}" {{
+            {instance}
+            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
+            health "http-check" path="/health" attempts=30 interval="100ms"
+            {traffic}
+            drain "5s"
+            keep-previous "10m"
+            {extra}
+        }}
+    }}
+}}
+"#
+    ));
+    Repo::new(test, name, "web")
+}
+
+fn nginx_traffic(nginx: &Nginx) -> String {
+    format!(
+        r#"traffic "nginx-switch" file="{}/app.inc" upstream="app" test="{}" reload="{}""#,
+        nginx.prefix.display(),
+        nginx.args("test"),
+        nginx.args("reload")
+    )
+}
+
+fn pipe(repo: &Repo, args: &[&str], version: &str) -> Output {
+    repo.pipe(args, &[("V", version), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", version), ("ERRORS", "0")])
+}
+
+/// The deployment's journal, as pipe wrote it.
+fn journal(repo: &Repo) -> Value {
+    let state: Value = serde_json::from_slice(&std::fs::read(repo.state_file()).expect("state")).expect("state json");
+    serde_json::from_str(state["deploy.web/journal"].as_str().expect("journal")).expect("journal json")
+}
+
+/// Writes the journal back, as someone editing `.pipe/state` by hand would.
+fn write_journal(repo: &Repo, journal: &Value) {
+    let path = repo.state_file();
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).expect("state")).expect("state json");
+    state["deploy.web/journal"] = Value::String(journal.to_string());
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).expect("json")).expect("write state");
+}
+
+/// An unrelated process group (`setsid sleep 60`), as another user's job would be.
+struct Bystander(Child);
+
+impl Bystander {
+    fn start() -> Bystander {
+        let child =
+            Command::new("sleep").arg("60").process_group(0).stdout(Stdio::null()).spawn().expect("start sleep");
+        Bystander(child)
+    }
+
+    fn id(&self) -> i64 {
+        i64::from(self.0.id())
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn deploy_stop_signals_only_the_process_groups_pipe_started() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let test = repo(&nginx_traffic(&nginx), blue, green, "");
+    let first = pipe(&test, &["run"], "v1");
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    let real = journal(&test)["groups"]["blue"].clone();
+    assert!(real["start"].is_u64() && real["boot"].is_string(), "the group is recorded with its identity: {real}");
+
+    let mut bystander = Bystander::start();
+    let lies = [
+        // `kill(-1)`: every process the user may signal.
+        (
+            json!({"id": 1, "boot": real["boot"], "pidns": real["pidns"], "start": 0}),
+            "process group 1 is not one pipe starts",
+        ),
+        // A live group of someone else, with the identity of pipe's own leader.
+        (
+            json!({"id": bystander.id(), "boot": real["boot"], "pidns": real["pidns"], "start": real["start"]}),
+            "is not the one pipe started (its leader started at",
+        ),
+        // A journal of an older pipe: a bare id.
+        (json!(bystander.id()), "recorded without an identity"),
+        // Stale: recorded before a reboot.
+        (
+            json!({"id": bystander.id(), "boot": "00000000-0000-0000-0000-000000000000", "pidns": real["pidns"], "start": real["start"]}),
+            "started on another boot",
+        ),
+    ];
+    for (group, said) in lies {
+        let mut j = journal(&test);
+        j["groups"] = json!({ "blue": group });
+        write_journal(&test, &j);
+        let out = pipe(&test, &["deploy", "stop"], "v1");
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert_ne!(out.code, 0, "a group that is not pipe's is reported as not stopped: {all}");
+        assert!(all.contains(said), "pipe says why it signalled nothing ({said}): {all}");
+        assert!(all.contains("not signalled"), "{all}");
+        assert!(bystander.alive(), "the unrelated process group was signalled: {all}");
+    }
+    assert_eq!(get(blue, "/version").map(|v| v.trim().to_string()).ok().as_deref(), Some("v1"), "v1 was not signalled");
+
+    // The group pipe started, with its identity, is stopped.
+    let mut j = journal(&test);
+    j["groups"] = json!({ "blue": real });
+    write_journal(&test, &j);
+    let out = pipe(&test, &["deploy", "stop"], "v1");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(get(blue, "/version").is_err(), "pipe's own instance was stopped");
+    assert!(bystander.alive());
+}
