@@ -145,3 +145,106 @@ fn deploy_stop_signals_only_the_process_groups_pipe_started() {
     assert!(get(blue, "/version").is_err(), "pipe's own instance was stopped");
     assert!(bystander.alive());
 }
+
+/// A container someone else made, named like a slot of the deployment and
+/// even carrying its `pipe.deploy` label (another checkout of the same
+/// repository): removed by label when dropped.
+struct Foreign {
+    label: String,
+}
+
+impl Foreign {
+    fn start(image: &str, name: &str, deploy_label: &str) -> Foreign {
+        use bollard::models::ContainerCreateBody;
+        use bollard::query_parameters::CreateContainerOptions;
+        let label = format!("foreign-{}", std::process::id());
+        let rt = crate::support::docker::runtime();
+        let docker = crate::support::docker::docker(&rt);
+        let labels = [("pipe.deploy", deploy_label), ("pipe.test-foreign", &label)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["sleep".into(), "60".into()]),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        rt.block_on(async {
+            let options = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+            docker.create_container(Some(options), body).await.expect("create the foreign container");
+            docker.start_container(name, None).await.expect("start the foreign container");
+        });
+        Foreign { label }
+    }
+
+    fn running(&self) -> bool {
+        let rt = crate::support::docker::runtime();
+        let docker = crate::support::docker::docker(&rt);
+        crate::support::docker::containers_with("pipe.test-foreign", &self.label).iter().any(|id| {
+            rt.block_on(docker.inspect_container(id, None))
+                .ok()
+                .and_then(|c| c.state)
+                .and_then(|s| s.running)
+                .unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let rt = crate::support::docker::runtime();
+        let docker = crate::support::docker::docker(&rt);
+        for id in crate::support::docker::containers_with("pipe.test-foreign", &self.label) {
+            let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = rt.block_on(docker.remove_container(&id, Some(options)));
+        }
+    }
+}
+
+#[test]
+fn a_deploy_leaves_a_container_it_did_not_make_untouched() {
+    let image = crate::support::docker::Image::busybox();
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let name = format!("trust{blue}");
+    let test = Repo::new(
+        Test::new().pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    stage "release" {{
+        deploy "web" strategy="blue-green" version="${{env.V}}" {{
+            instance "docker" image="{}" pull="never" port=8080 cmd="mkdir -p /tmp/w && echo ok > /tmp/w/health && exec httpd -f -p 8080 -h /tmp/w"
+            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
+            health "http-check" path="/health" attempts=30 interval="100ms"
+            {}
+        }}
+    }}
+}}
+"#,
+            image.tag,
+            nginx_traffic(&nginx)
+        )),
+        name.clone(),
+        "web",
+    );
+    let container = format!("{name}-web-blue");
+    let foreign = Foreign::start(&image.tag, &container, &test.label());
+    let out = pipe(&test, &["run"], "v1");
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let why = out.step("release.web")["reason"].as_str().unwrap_or("").to_string();
+    assert!(why.contains(&format!("container {container} exists and was not made by this deployment")), "{why}");
+    assert!(why.contains("pipe.checkout=(none)") && why.contains("left untouched"), "it says who owns it: {why}");
+    assert!(foreign.running(), "the foreign container was removed or stopped: {why}");
+    let stop = pipe(&test, &["deploy", "stop"], "v1");
+    assert!(foreign.running(), "`pipe deploy stop` removed the foreign container: {}{}", stop.stdout, stop.stderr);
+
+    // Once it is gone, the deployment makes its own, and stops it.
+    drop(foreign);
+    let out = pipe(&test, &["run"], "v1");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let stop = pipe(&test, &["deploy", "stop"], "v1");
+    assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
+    assert!(crate::support::docker::containers_with("pipe.deploy", &test.label()).is_empty());
+}

@@ -117,14 +117,15 @@ pub async fn stop_all(d: &DeployRun, log: &StepLog) -> Result<(), DeployError> {
     let s = Driver::new(d, log, &cancel);
     let _lock = lock(d).await?;
     let journal = s.journal(|j| j.clone()).await?;
-    // Every slot is tried; a group that is not provably pipe's is reported, never signalled.
+    // Every slot is tried; a process group or container that is not provably
+    // this deployment's is reported, never signalled or removed.
     let mut refused = Vec::new();
     for slot in &d.slots {
         let group = journal.groups.get(&slot.name);
         log.note(&format!("stopping slot {}", slot.name));
         match slot.instance.stop(group, STOP_GRACE).await {
             Ok(()) => {}
-            Err(DeployError::Instance(why)) if group.is_some() => {
+            Err(DeployError::Instance(why)) => {
                 log.note(&format!("  slot {}: {why}", slot.name));
                 refused.push(format!("slot {}: {why}", slot.name));
             }

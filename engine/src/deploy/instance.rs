@@ -20,6 +20,22 @@ use crate::lang::model::PullPolicy;
 use crate::step::StepLog;
 use crate::step::process_group::{Check, ProcessGroup};
 
+/// The label naming the checkout (a hash of its root path) a deploy container belongs to.
+pub const CHECKOUT_LABEL: &str = "pipe.checkout";
+
+/// The labels that together say a container was made by this deployment of
+/// this checkout, by this user.
+const OWNER_LABELS: [&str; 3] = ["pipe.deploy", CHECKOUT_LABEL, "pipe.uid"];
+
+/// The value of [`CHECKOUT_LABEL`]: two checkouts of one repository, on one
+/// machine, never share it.
+pub fn checkout_id(root: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let digest = format!("{:x}", Sha256::digest(root.as_os_str().as_encoded_bytes()));
+    digest[..16].to_string()
+}
+
 /// Lines of an instance's output shown when it dies.
 const LAST_LINES: usize = 15;
 
@@ -122,9 +138,12 @@ impl DockerInstance {
     async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<(), DeployError> {
         let client = docker::client().await?;
         docker::ensure_image(client, &self.image, self.pull, log, cancel).await?;
-        // A container of this name is a stopped (or kept, not live) release of this slot.
-        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = client.remove_container(&self.name, Some(remove)).await;
+        // A container of this name made by this deployment is a stopped (or
+        // kept, not live) release of this slot; one made by anyone else is left alone.
+        if self.existing(client).await? {
+            let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let _ = client.remove_container(&self.name, Some(remove)).await;
+        }
         let port = format!("{}/tcp", self.port);
         let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(self.host_port.to_string()) };
         let body = ContainerCreateBody {
@@ -154,8 +173,41 @@ impl DockerInstance {
         Ok(())
     }
 
+    /// Whether a container of this name exists (made by this deployment); an
+    /// error naming its owner if someone else made it.
+    async fn existing(&self, client: &bollard::Docker) -> Result<bool, DeployError> {
+        let c = match client.inspect_container(&self.name, None).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(false),
+            Err(e) => return Err(DockerError::api(format!("inspect {}", self.name))(e).into()),
+        };
+        let theirs = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let ours = OWNER_LABELS.iter().all(|k| self.labels.get(*k).is_some_and(|v| theirs.get(*k) == Some(v)));
+        if ours {
+            return Ok(true);
+        }
+        let owner = OWNER_LABELS
+            .iter()
+            .chain(&["pipe.host"])
+            .map(|k| format!("{k}={}", theirs.get(*k).map_or("(none)", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mine = OWNER_LABELS
+            .iter()
+            .map(|k| format!("{k}={}", self.labels.get(*k).map_or("", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(DeployError::Instance(format!(
+            "container {} exists and was not made by this deployment (its labels: {owner}; this deployment's: {mine}):              it is left untouched; remove or rename it if it is not needed",
+            self.name
+        )))
+    }
+
     async fn stop(&self, grace: Duration) -> Result<(), DeployError> {
         let client = docker::client().await?;
+        if !self.existing(client).await? {
+            return Ok(());
+        }
         let t = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
         let _ =
             client.stop_container(&self.name, Some(StopContainerOptions { t: Some(t), ..Default::default() })).await;
@@ -168,6 +220,9 @@ impl DockerInstance {
 
     async fn status(&self) -> Status {
         let Ok(client) = docker::client().await else { return Status::Dead("the Docker Engine is unreachable".into()) };
+        if let Err(e) = self.existing(client).await {
+            return Status::Dead(e.to_string());
+        }
         match client.inspect_container(&self.name, None).await {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
