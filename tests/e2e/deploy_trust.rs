@@ -248,3 +248,48 @@ pipeline "{name}" {{
     assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
     assert!(crate::support::docker::containers_with("pipe.deploy", &test.label()).is_empty());
 }
+
+/// Starts `pipe run` for `version` and SIGKILLs it once the journal shows `phase`.
+fn kill_in_phase(repo: &Repo, version: &str, delay_ms: &str, phase: &str) {
+    let mut child = repo
+        .command()
+        .arg("run")
+        .envs([("V", version), ("HEALTH", "ok"), ("DELAY", delay_ms), ("EXPECT", version), ("ERRORS", "0")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pipe");
+    let wanted = format!(r#"\"phase\":\"{phase}\""#);
+    crate::support::wait_until(&format!("the deploy to reach `{phase}`"), || {
+        std::fs::read_to_string(repo.state_file()).is_ok_and(|s| s.contains(&wanted))
+    });
+    child.kill().expect("SIGKILL pipe");
+    child.wait().expect("reap pipe");
+}
+
+#[test]
+fn resume_at_the_switch_never_routes_to_a_dead_slot() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let test = repo(&nginx_traffic(&nginx), blue, green, "");
+    let first = pipe(&test, &["run"], "v1");
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+
+    // pipe and the new instance die (a reboot, an OOM kill): the journal says
+    // `switch`, the process behind slot green is gone.
+    kill_in_phase(&test, "v2", "1500", "health");
+    let mut j = journal(&test);
+    j["pending"]["phase"] = json!("switch");
+    write_journal(&test, &j);
+    let green_group = j["groups"]["green"]["id"].as_i64().expect("green's group") as i32;
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(green_group), nix::sys::signal::Signal::SIGKILL);
+    crate::support::wait_until("v2 to be gone", || get(green, "/version").is_err());
+
+    let out = pipe(&test, &["deploy", "resume"], "v2");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code, 0, "a resume onto a dead slot is not a success: {all}");
+    assert!(!all.contains("v2 is live"), "{all}");
+    assert_eq!(get(nginx.port, "/version").map(|v| v.trim().to_string()), Ok("v1".to_string()), "{all}");
+    assert!(journal(&test)["pending"].is_null(), "nothing is left pending: {all}");
+}

@@ -138,6 +138,19 @@ impl Driver<'_> {
                 self.note(format!("slot {}: {note}", slot.name));
             }
         }
+        if p.phase == Phase::Switch {
+            // Resumed at the switch: whatever the journal says, the new
+            // instances are checked now, before they get traffic.
+            for slot in &starting {
+                let group = self.group(&slot.name).await?;
+                let note = self
+                    .d
+                    .health
+                    .wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel)
+                    .await?;
+                self.note(format!("slot {} (checked again before the switch): {note}", slot.name));
+            }
+        }
         if p.phase <= Phase::Switch {
             let what = format!("adding {} to the traffic", if starting.is_empty() { "nothing" } else { "them" });
             self.enter_as(Phase::Switch, format!("batch {n} switch"), what).await?;

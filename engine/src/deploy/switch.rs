@@ -57,6 +57,20 @@ impl Driver<'_> {
             let note =
                 self.d.health.wait_healthy(&to.address(), &to.instance, group.as_ref(), self.log, self.cancel).await?;
             self.note(note);
+        } else {
+            // Whatever the journal says (resumed at the switch or after it),
+            // the slot is checked now, before traffic moves to it or the
+            // other slot is drained; the phase recorded stays, so a failure
+            // here is undone as a failure after the switch.
+            self.log.note(&format!(
+                "  the journal says `{}`: checking {} (slot {}) before going on",
+                p.phase.name(),
+                to.address(),
+                to.name
+            ));
+            let note =
+                self.d.health.wait_healthy(&to.address(), &to.instance, group.as_ref(), self.log, self.cancel).await?;
+            self.note(note);
         }
         if p.phase <= Phase::Switch {
             match (&self.d.strategy, p.action, from) {
