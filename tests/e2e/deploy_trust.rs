@@ -293,3 +293,30 @@ fn resume_at_the_switch_never_routes_to_a_dead_slot() {
     assert_eq!(get(nginx.port, "/version").map(|v| v.trim().to_string()), Ok("v1".to_string()), "{all}");
     assert!(journal(&test)["pending"].is_null(), "nothing is left pending: {all}");
 }
+
+#[test]
+fn a_probe_verdict_never_stops_a_rollback() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let extra = format!(
+        r#"verify url="http://127.0.0.1:{0}/" times=3 timeout="3s"
+           probe url="http://127.0.0.1:{0}/" rate=100 max-failures=0"#,
+        nginx.port
+    );
+    let test = repo(&nginx_traffic(&nginx), blue, green, &extra);
+    let first = pipe(&test, &["run"], "v1");
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+
+    // v2 answers 500 on `/`: verify fails, the probe counts failures after the switch.
+    let bad = test.pipe(&["run"], &[("V", "v2"), ("HEALTH", "ok"), ("DELAY", "0"), ("ERRORS", "100")]);
+    let all = format!("{}{}", bad.stdout, bad.stderr);
+    assert_eq!(bad.code, 1, "{all}");
+    let why = bad.step("release.web")["reason"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("rolled back to v1 in slot blue"), "the rollback was completed: {why}\n{all}");
+    assert!(why.contains("the probe saw"), "and the probe's verdict is reported with it: {why}");
+    assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
+    let j = journal(&test);
+    assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);
+    assert_eq!(j["live"]["version"], "v1", "{all}");
+}

@@ -250,6 +250,7 @@ impl Driver<'_> {
         let saved = rollback.clone();
         self.journal(move |j| j.pending = Some(saved)).await?;
         self.rolling_back = true;
+        self.undoing = true;
         self.roll(&rollback, r).await?;
         self.report.outcome = "rolled-back".into();
         Ok(format!("rolled back to {} in {}", old.version, self.report.slot))

@@ -202,6 +202,7 @@ impl Driver<'_> {
         .await?;
         self.report.reason = Some(reason.clone());
         self.rolling_back = true;
+        self.undoing = true;
         let back_slot = self.slot(back.slot())?;
         let back_group = self.group(back.slot()).await?;
         // Never send traffic to a slot that is not healthy, in a rollback too.
