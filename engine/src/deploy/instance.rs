@@ -331,10 +331,18 @@ impl CommandInstance {
                 _ => Status::Dead(format!("`{status}` did not answer")),
             };
         }
-        match group.map(ProcessGroup::check) {
-            Some(Check::Ours(g)) if alive(g) => Status::Running,
-            Some(Check::Ours(_) | Check::Gone) => Status::Dead("its processes have exited".into()),
-            Some(Check::NotOurs(why)) => Status::Dead(why),
+        match group.map(|g| (g, g.check())) {
+            Some((_, Check::Ours(g))) if alive(g) => Status::Running,
+            Some((_, Check::Ours(_) | Check::Gone)) => Status::Dead("its processes have exited".into()),
+            // A bare id of an older journal: looking is harmless (nothing is
+            // signalled), and an upgrade must not make a live release look dead.
+            Some((g, Check::NotOurs(_))) if g.boot.is_none() && g.id > 1 && alive(Pid::from_raw(g.id)) => {
+                Status::Running
+            }
+            Some((g, Check::NotOurs(_))) if g.boot.is_none() && g.id > 1 => {
+                Status::Dead("its processes have exited".into())
+            }
+            Some((_, Check::NotOurs(why))) => Status::Dead(why),
             None => Status::Running,
         }
     }
@@ -347,4 +355,42 @@ fn alive(group: Pid) -> bool {
 
 pub fn fmt(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_group_that_is_not_pipes_is_never_signalled_nor_counted_as_the_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = CommandInstance {
+            start: "true".into(),
+            stop: None,
+            status: None,
+            env: Vec::new(),
+            workdir: dir.path().to_path_buf(),
+            log_file: dir.path().join("slot.log"),
+        };
+        let mut other = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
+        let id = other.id() as i32;
+        let real = ProcessGroup::of_leader(id);
+        let forged = ProcessGroup { start: real.start.map(|s| s.saturating_sub(1)), ..real.clone() };
+        let bare = ProcessGroup { id, boot: None, pidns: None, start: None };
+        let one = ProcessGroup { id: 1, ..real.clone() };
+        for group in [&forged, &bare, &one] {
+            let stopped = instance.stop(Some(group), Duration::from_millis(50)).await;
+            assert!(
+                matches!(&stopped, Err(DeployError::Instance(why)) if why.contains("not signalled")),
+                "{stopped:?}"
+            );
+        }
+        assert!(other.try_wait().expect("try_wait").is_none(), "the unrelated group was signalled");
+        assert!(matches!(instance.status(Some(&forged)).await, Status::Dead(_)), "not pipe's: not the instance");
+        assert_eq!(instance.status(Some(&bare)).await, Status::Running, "an older journal's live group looks alive");
+        instance.stop(Some(&real), Duration::from_secs(5)).await.expect("pipe's own group is stopped");
+        other.wait().expect("wait");
+    }
 }
