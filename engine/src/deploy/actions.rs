@@ -117,10 +117,20 @@ pub async fn stop_all(d: &DeployRun, log: &StepLog) -> Result<(), DeployError> {
     let s = Driver::new(d, log, &cancel);
     let _lock = lock(d).await?;
     let journal = s.journal(|j| j.clone()).await?;
+    // Every slot is tried; a process group or container that is not provably
+    // this deployment's is reported, never signalled or removed.
+    let mut refused = Vec::new();
     for slot in &d.slots {
-        let group = journal.groups.get(&slot.name).copied();
+        let group = journal.groups.get(&slot.name);
         log.note(&format!("stopping slot {}", slot.name));
-        slot.instance.stop(group, STOP_GRACE).await?;
+        match slot.instance.stop(group, STOP_GRACE).await {
+            Ok(()) => {}
+            Err(DeployError::Instance(why)) => {
+                log.note(&format!("  slot {}: {why}", slot.name));
+                refused.push(format!("slot {}: {why}", slot.name));
+            }
+            Err(e) => return Err(e),
+        }
     }
     s.journal(|j| {
         if let Some(live) = j.live.take() {
@@ -131,7 +141,15 @@ pub async fn stop_all(d: &DeployRun, log: &StepLog) -> Result<(), DeployError> {
         j.pending = None;
         j.groups.clear();
     })
-    .await
+    .await?;
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(DeployError::Refused(format!(
+            "not every instance could be stopped: {}; the journal no longer records them",
+            refused.join("; ")
+        )))
+    }
 }
 
 /// Why a deploy cannot start or what a resume continues, in words.

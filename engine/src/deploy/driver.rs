@@ -23,6 +23,9 @@ pub(super) struct Driver<'a> {
     pub(super) phase_started: Instant,
     /// Phases of an automatic rollback are reported (and probed) apart.
     pub(super) rolling_back: bool,
+    /// Going back (an automatic rollback, or a rollback asked for): the
+    /// probe's verdict no longer stops anything, it is reported at the end.
+    pub(super) undoing: bool,
     /// When the new slot, healthy, was handed to the traffic switch.
     pub(super) switch_started: Option<Instant>,
 }
@@ -43,6 +46,7 @@ impl<'a> Driver<'a> {
             report,
             phase_started: Instant::now(),
             rolling_back: false,
+            undoing: false,
             switch_started: None,
         }
     }
@@ -107,13 +111,24 @@ impl<'a> Driver<'a> {
     /// Failures before the switch are the old release's, not the deployment's:
     /// they are reported, and only failures from the switch on count against
     /// `max-failures`.
+    ///
+    /// A probe verdict is a reason to roll back, never a reason to stop
+    /// rolling back: while going back it stops nothing (see [`Self::probe_verdict`]).
     pub(super) fn check_probe(&self) -> Result<(), DeployError> {
-        let (Some(probe), Some(spec)) = (&self.probe, &self.d.probe) else { return Ok(()) };
-        let failures = probe.counted_failures();
-        if failures > spec.max_failures {
-            return Err(DeployError::Probe { failures, max: spec.max_failures });
+        if self.undoing {
+            return Ok(());
         }
-        Ok(())
+        match self.probe_verdict() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The probe's failures over `max-failures`, if they are.
+    pub(super) fn probe_verdict(&self) -> Option<DeployError> {
+        let (Some(probe), Some(spec)) = (&self.probe, &self.d.probe) else { return None };
+        let failures = probe.counted_failures();
+        (failures > spec.max_failures).then_some(DeployError::Probe { failures, max: spec.max_failures })
     }
 
     pub(super) fn start_probe(&mut self, phase: Phase) {
@@ -131,6 +146,7 @@ impl<'a> Driver<'a> {
         self.report.version = pending.to.version.clone();
         self.report.slot = pending.to.slots.join(", ");
         self.report.from = pending.from.as_ref().map(|f| f.slots.join(", "));
+        self.undoing |= pending.action == Action::Rollback;
         // Something serves already: probe it from the start.
         if pending.from.is_some() {
             self.start_probe(pending.phase);
@@ -148,6 +164,9 @@ impl<'a> Driver<'a> {
                 let live = self.journal(|j| j.live.clone()).await?;
                 let place = live.map(|l| l.place()).unwrap_or_default();
                 self.notify(kind, format!("{} {what} in {place}", pending.to.version), self.numbers()).await;
+                if let Some(verdict) = self.probe_verdict() {
+                    self.log.note(&format!("{verdict} while going back"));
+                }
                 Ok(())
             }
             Err(DeployError::Cancelled) => {
@@ -161,7 +180,15 @@ impl<'a> Driver<'a> {
                 let reason = format!("{} failed: {e}", pending.phase.name());
                 let failed = match pending.action {
                     Action::Deploy => match self.undo(pending, reason.clone()).await {
-                        Ok(done) => Err(DeployError::Refused(format!("{reason}; {done}"))),
+                        // Both facts: why it went back, and what the probe saw
+                        // (if that was not already the reason).
+                        Ok(done) => {
+                            let probe = match (&e, self.probe_verdict()) {
+                                (DeployError::Probe { .. }, _) | (_, None) => String::new(),
+                                (_, Some(verdict)) => format!("; {verdict}"),
+                            };
+                            Err(DeployError::Refused(format!("{reason}; {done}{probe}")))
+                        }
                         Err(e) => Err(e),
                     },
                     // A rollback that fails leaves traffic where it is.
@@ -200,9 +227,9 @@ impl<'a> Driver<'a> {
     }
 
     /// The process group the journal recorded for a slot's `command` instance.
-    pub(super) async fn group(&self, slot: &str) -> Result<Option<i32>, DeployError> {
+    pub(super) async fn group(&self, slot: &str) -> Result<Option<crate::step::ProcessGroup>, DeployError> {
         let slot = slot.to_string();
-        self.journal(move |j| j.groups.get(&slot).copied()).await
+        self.journal(move |j| j.groups.get(&slot).cloned()).await
     }
 
     /// Waits until `slot` has no connection left (or the drain time is over).

@@ -18,6 +18,23 @@ use super::DeployError;
 use crate::docker::{self, DockerError};
 use crate::lang::model::PullPolicy;
 use crate::step::StepLog;
+use crate::step::process_group::{Check, ProcessGroup};
+
+/// The label naming the checkout (a hash of its root path) a deploy container belongs to.
+pub const CHECKOUT_LABEL: &str = "pipe.checkout";
+
+/// The labels that together say a container was made by this deployment of
+/// this checkout, by this user.
+const OWNER_LABELS: [&str; 3] = ["pipe.deploy", CHECKOUT_LABEL, "pipe.uid"];
+
+/// The value of [`CHECKOUT_LABEL`]: two checkouts of one repository, on one
+/// machine, never share it.
+pub fn checkout_id(root: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let digest = format!("{:x}", Sha256::digest(root.as_os_str().as_encoded_bytes()));
+    digest[..16].to_string()
+}
 
 /// Lines of an instance's output shown when it dies.
 const LAST_LINES: usize = 15;
@@ -72,7 +89,7 @@ const START_SETTLE: Duration = Duration::from_millis(300);
 
 impl InstanceRun {
     /// Starts the instance; returns the process group a `command` instance runs in.
-    pub async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<Option<i32>, DeployError> {
+    pub async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<Option<ProcessGroup>, DeployError> {
         match self {
             InstanceRun::Docker(d) => d.start(log, cancel).await.map(|()| None),
             InstanceRun::Command(c) => c.start().await.map(Some),
@@ -80,14 +97,16 @@ impl InstanceRun {
     }
 
     /// Stops it gracefully (SIGTERM, or its `stop` command), within `grace`.
-    pub async fn stop(&self, group: Option<i32>, grace: Duration) -> Result<(), DeployError> {
+    /// A recorded group that is not provably the one pipe started is not
+    /// signalled: the error says so.
+    pub async fn stop(&self, group: Option<&ProcessGroup>, grace: Duration) -> Result<(), DeployError> {
         match self {
             InstanceRun::Docker(d) => d.stop(grace).await,
             InstanceRun::Command(c) => c.stop(group, grace).await,
         }
     }
 
-    pub async fn status(&self, group: Option<i32>) -> Status {
+    pub async fn status(&self, group: Option<&ProcessGroup>) -> Status {
         match self {
             InstanceRun::Docker(d) => d.status().await,
             InstanceRun::Command(c) => c.status(group).await,
@@ -122,9 +141,12 @@ impl DockerInstance {
     async fn start(&self, log: &StepLog, cancel: &CancellationToken) -> Result<(), DeployError> {
         let client = docker::client().await?;
         docker::ensure_image(client, &self.image, self.pull, log, cancel).await?;
-        // A container of this name is a stopped (or kept, not live) release of this slot.
-        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = client.remove_container(&self.name, Some(remove)).await;
+        // A container of this name made by this deployment is a stopped (or
+        // kept, not live) release of this slot; one made by anyone else is left alone.
+        if self.existing(client).await? {
+            let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let _ = client.remove_container(&self.name, Some(remove)).await;
+        }
         let port = format!("{}/tcp", self.port);
         let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(self.host_port.to_string()) };
         let body = ContainerCreateBody {
@@ -154,8 +176,41 @@ impl DockerInstance {
         Ok(())
     }
 
+    /// Whether a container of this name exists (made by this deployment); an
+    /// error naming its owner if someone else made it.
+    async fn existing(&self, client: &bollard::Docker) -> Result<bool, DeployError> {
+        let c = match client.inspect_container(&self.name, None).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(false),
+            Err(e) => return Err(DockerError::api(format!("inspect {}", self.name))(e).into()),
+        };
+        let theirs = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let ours = OWNER_LABELS.iter().all(|k| self.labels.get(*k).is_some_and(|v| theirs.get(*k) == Some(v)));
+        if ours {
+            return Ok(true);
+        }
+        let owner = OWNER_LABELS
+            .iter()
+            .chain(&["pipe.host"])
+            .map(|k| format!("{k}={}", theirs.get(*k).map_or("(none)", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mine = OWNER_LABELS
+            .iter()
+            .map(|k| format!("{k}={}", self.labels.get(*k).map_or("", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(DeployError::Instance(format!(
+            "container {} exists and was not made by this deployment (its labels: {owner}; this deployment's: {mine}):              it is left untouched; remove or rename it if it is not needed",
+            self.name
+        )))
+    }
+
     async fn stop(&self, grace: Duration) -> Result<(), DeployError> {
         let client = docker::client().await?;
+        if !self.existing(client).await? {
+            return Ok(());
+        }
         let t = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
         let _ =
             client.stop_container(&self.name, Some(StopContainerOptions { t: Some(t), ..Default::default() })).await;
@@ -168,6 +223,9 @@ impl DockerInstance {
 
     async fn status(&self) -> Status {
         let Ok(client) = docker::client().await else { return Status::Dead("the Docker Engine is unreachable".into()) };
+        if let Err(e) = self.existing(client).await {
+            return Status::Dead(e.to_string());
+        }
         match client.inspect_container(&self.name, None).await {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
@@ -211,7 +269,7 @@ impl CommandInstance {
     /// A `start` that exits non-zero at once failed; one that exits zero
     /// started something in the background; one that keeps running is the
     /// service itself.
-    async fn start(&self) -> Result<i32, DeployError> {
+    async fn start(&self) -> Result<ProcessGroup, DeployError> {
         if let Some(dir) = self.log_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DeployError::io("create", dir, e))?;
         }
@@ -225,7 +283,8 @@ impl CommandInstance {
         let mut cmd = self.command(&self.start);
         cmd.stdout(open()?).stderr(open()?);
         let mut child = cmd.spawn().map_err(|e| DeployError::Instance(format!("cannot run `{}`: {e}", self.start)))?;
-        let group = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        // Its identity is read now, while the leader cannot have been reaped.
+        let group = ProcessGroup::of_leader(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
         match tokio::time::timeout(START_SETTLE, child.wait()).await {
             Ok(Ok(s)) if !s.success() => {
                 let how = s.code().map_or("was killed by a signal".to_string(), |c| format!("exited with code {c}"));
@@ -238,7 +297,7 @@ impl CommandInstance {
         }
     }
 
-    async fn stop(&self, group: Option<i32>, grace: Duration) -> Result<(), DeployError> {
+    async fn stop(&self, group: Option<&ProcessGroup>, grace: Duration) -> Result<(), DeployError> {
         if let Some(stop) = &self.stop {
             let run = self.command(stop).stdout(Stdio::null()).stderr(Stdio::null()).status();
             return match tokio::time::timeout(grace + Duration::from_secs(5), run).await {
@@ -248,12 +307,20 @@ impl CommandInstance {
                 Err(_) => Err(DeployError::Instance(format!("`{stop}` did not finish within {}", fmt(grace)))),
             };
         }
-        let Some(group) = group.filter(|g| *g > 0).map(Pid::from_raw) else { return Ok(()) };
+        let Some(recorded) = group else { return Ok(()) };
+        let group = match recorded.check() {
+            Check::Ours(pid) => pid,
+            Check::Gone => return Ok(()),
+            Check::NotOurs(why) => return Err(DeployError::Instance(why)),
+        };
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         while alive(group) {
             if tokio::time::Instant::now() >= deadline {
-                let _ = killpg(group, Signal::SIGKILL);
+                // Checked again: in the grace time the group may have ended and its id been reused.
+                if let Check::Ours(pid) = recorded.check() {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -261,7 +328,7 @@ impl CommandInstance {
         Ok(())
     }
 
-    async fn status(&self, group: Option<i32>) -> Status {
+    async fn status(&self, group: Option<&ProcessGroup>) -> Status {
         if let Some(status) = &self.status {
             let run = self.command(status).stdout(Stdio::null()).stderr(Stdio::null()).status();
             return match tokio::time::timeout(Duration::from_secs(10), run).await {
@@ -270,9 +337,18 @@ impl CommandInstance {
                 _ => Status::Dead(format!("`{status}` did not answer")),
             };
         }
-        match group.filter(|g| *g > 0).map(Pid::from_raw) {
-            Some(g) if alive(g) => Status::Running,
-            Some(_) => Status::Dead("its processes have exited".into()),
+        match group.map(|g| (g, g.check())) {
+            Some((_, Check::Ours(g))) if alive(g) => Status::Running,
+            Some((_, Check::Ours(_) | Check::Gone)) => Status::Dead("its processes have exited".into()),
+            // A bare id of an older journal: looking is harmless (nothing is
+            // signalled), and an upgrade must not make a live release look dead.
+            Some((g, Check::NotOurs(_))) if g.boot.is_none() && g.id > 1 && alive(Pid::from_raw(g.id)) => {
+                Status::Running
+            }
+            Some((g, Check::NotOurs(_))) if g.boot.is_none() && g.id > 1 => {
+                Status::Dead("its processes have exited".into())
+            }
+            Some((_, Check::NotOurs(why))) => Status::Dead(why),
             None => Status::Running,
         }
     }
@@ -280,16 +356,7 @@ impl CommandInstance {
 
 /// Whether a process group has a member that is not a zombie.
 fn alive(group: Pid) -> bool {
-    if killpg(group, None).is_err() {
-        return false;
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
-    dir.flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
-        let Some(close) = stat.rfind(')') else { return false };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        fields.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(group.as_raw()) && fields.first() != Some(&"Z")
-    })
+    killpg(group, None).is_ok() && !crate::step::process_group::members(group.as_raw()).is_empty()
 }
 
 pub fn fmt(d: Duration) -> String {
@@ -298,7 +365,41 @@ pub fn fmt(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::CommandInstance;
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_group_that_is_not_pipes_is_never_signalled_nor_counted_as_the_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = CommandInstance {
+            start: "true".into(),
+            stop: None,
+            status: None,
+            env: Vec::new(),
+            workdir: dir.path().to_path_buf(),
+            log_file: dir.path().join("slot.log"),
+            unset: Vec::new(),
+        };
+        let mut other = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
+        let id = other.id() as i32;
+        let real = ProcessGroup::of_leader(id);
+        let forged = ProcessGroup { start: real.start.map(|s| s.saturating_sub(1)), ..real.clone() };
+        let bare = ProcessGroup { id, boot: None, pidns: None, start: None };
+        let one = ProcessGroup { id: 1, ..real.clone() };
+        for group in [&forged, &bare, &one] {
+            let stopped = instance.stop(Some(group), Duration::from_millis(50)).await;
+            assert!(
+                matches!(&stopped, Err(DeployError::Instance(why)) if why.contains("not signalled")),
+                "{stopped:?}"
+            );
+        }
+        assert!(other.try_wait().expect("try_wait").is_none(), "the unrelated group was signalled");
+        assert!(matches!(instance.status(Some(&forged)).await, Status::Dead(_)), "not pipe's: not the instance");
+        assert_eq!(instance.status(Some(&bare)).await, Status::Running, "an older journal's live group looks alive");
+        instance.stop(Some(&real), Duration::from_secs(5)).await.expect("pipe's own group is stopped");
+        other.wait().expect("wait");
+    }
 
     #[tokio::test]
     async fn a_withheld_variable_does_not_reach_an_instance_command() {

@@ -24,9 +24,10 @@ pub struct Journal {
     pub kept_until: Option<u64>,
     /// A deploy or rollback that has not finished.
     pub pending: Option<Pending>,
-    /// Process groups of `command` instances, by slot: what `stop` signals.
+    /// Process groups of `command` instances, by slot, with their identity:
+    /// what `stop` signals, once that identity is checked.
     #[serde(default)]
-    pub groups: BTreeMap<String, i32>,
+    pub groups: BTreeMap<String, crate::step::ProcessGroup>,
     /// Oldest first, bounded.
     #[serde(default)]
     pub history: Vec<Entry>,

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use analysis::AnalysisRun;
 pub use error::DeployError;
-pub use instance::{CommandInstance, DockerInstance, InstanceRun};
+pub use instance::{CHECKOUT_LABEL, CommandInstance, DockerInstance, InstanceRun, checkout_id};
 pub use journal::{Journal, JournalStore, Verdict};
 pub use notify::NotifyRun;
 pub use probe::ProbeReport;

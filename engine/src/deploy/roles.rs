@@ -83,7 +83,7 @@ impl RoleRun {
         &self,
         address: &str,
         instance: &InstanceRun,
-        group: Option<i32>,
+        group: Option<&crate::step::ProcessGroup>,
         log: &StepLog,
         cancel: &CancellationToken,
     ) -> Result<String, DeployError> {

@@ -37,7 +37,7 @@ impl Driver<'_> {
         for name in p.to.slots.clone() {
             let slot = self.slot(&name)?;
             let group = self.group(&name).await?;
-            self.d.health.wait_healthy(&slot.address(), &slot.instance, group, self.log, self.cancel).await?;
+            self.d.health.wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel).await?;
         }
         let p2 = p.clone();
         self.journal(move |j| {
@@ -110,7 +110,7 @@ impl Driver<'_> {
             p.phase = Phase::Start;
             for slot in &starting {
                 let instance = self.d.instance_for(slot, &p.to.version)?;
-                let _ = instance.stop(self.group(&slot.name).await?, STOP_GRACE).await;
+                let _ = instance.stop(self.group(&slot.name).await?.as_ref(), STOP_GRACE).await;
                 let group = instance.start(self.log, self.cancel).await?;
                 let name = slot.name.clone();
                 self.journal(move |j| match group {
@@ -130,9 +130,25 @@ impl Driver<'_> {
             p.phase = Phase::Health;
             for slot in &starting {
                 let group = self.group(&slot.name).await?;
-                let note =
-                    self.d.health.wait_healthy(&slot.address(), &slot.instance, group, self.log, self.cancel).await?;
+                let note = self
+                    .d
+                    .health
+                    .wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel)
+                    .await?;
                 self.note(format!("slot {}: {note}", slot.name));
+            }
+        }
+        if p.phase == Phase::Switch {
+            // Resumed at the switch: whatever the journal says, the new
+            // instances are checked now, before they get traffic.
+            for slot in &starting {
+                let group = self.group(&slot.name).await?;
+                let note = self
+                    .d
+                    .health
+                    .wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel)
+                    .await?;
+                self.note(format!("slot {} (checked again before the switch): {note}", slot.name));
             }
         }
         if p.phase <= Phase::Switch {
@@ -158,7 +174,7 @@ impl Driver<'_> {
             self.note(note);
             for slot in &retiring {
                 self.drain(slot).await?;
-                if let Err(e) = slot.instance.stop(self.group(&slot.name).await?, STOP_GRACE).await {
+                if let Err(e) = slot.instance.stop(self.group(&slot.name).await?.as_ref(), STOP_GRACE).await {
                     self.note(format!("could not stop slot {}: {e}", slot.name));
                 }
             }
@@ -199,12 +215,12 @@ impl Driver<'_> {
         let untried: Vec<String> = p.batch.starting.clone();
         for name in &untried {
             let slot = self.slot(name)?;
-            let _ = slot.instance.stop(self.group(name).await?, STOP_GRACE).await;
+            let _ = slot.instance.stop(self.group(name).await?.as_ref(), STOP_GRACE).await;
         }
         // Old instances on their way out are not counted on: they stop too.
         for name in &p.batch.retiring {
             let slot = self.slot(name)?;
-            let _ = slot.instance.stop(self.group(name).await?, STOP_GRACE).await;
+            let _ = slot.instance.stop(self.group(name).await?.as_ref(), STOP_GRACE).await;
         }
         let old = p.from.clone().map(|mut f| {
             f.slots.retain(|s| !p.batch.retiring.contains(s));
@@ -234,6 +250,7 @@ impl Driver<'_> {
         let saved = rollback.clone();
         self.journal(move |j| j.pending = Some(saved)).await?;
         self.rolling_back = true;
+        self.undoing = true;
         self.roll(&rollback, r).await?;
         self.report.outcome = "rolled-back".into();
         Ok(format!("rolled back to {} in {}", old.version, self.report.slot))

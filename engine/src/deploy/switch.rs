@@ -32,9 +32,9 @@ impl Driver<'_> {
                     self.enter(Phase::Start, format!("starting {} in slot {}", to.instance.describe(), to.name))
                         .await?;
                     // The slot may still run the release before the live one (kept, not live).
-                    let _ = to.instance.stop(group, STOP_GRACE).await;
+                    let _ = to.instance.stop(group.as_ref(), STOP_GRACE).await;
                     group = to.instance.start(self.log, self.cancel).await?;
-                    let (slot, g) = (to.name.clone(), group);
+                    let (slot, g) = (to.name.clone(), group.clone());
                     self.journal(move |j| {
                         if j.previous.as_ref().is_some_and(|r| r.slots.contains(&slot)) {
                             j.previous = None;
@@ -54,7 +54,22 @@ impl Driver<'_> {
         }
         if p.phase <= Phase::Health {
             self.enter(Phase::Health, format!("checking {} directly", to.address())).await?;
-            let note = self.d.health.wait_healthy(&to.address(), &to.instance, group, self.log, self.cancel).await?;
+            let note =
+                self.d.health.wait_healthy(&to.address(), &to.instance, group.as_ref(), self.log, self.cancel).await?;
+            self.note(note);
+        } else {
+            // Whatever the journal says (resumed at the switch or after it),
+            // the slot is checked now, before traffic moves to it or the
+            // other slot is drained; the phase recorded stays, so a failure
+            // here is undone as a failure after the switch.
+            self.log.note(&format!(
+                "  the journal says `{}`: checking {} (slot {}) before going on",
+                p.phase.name(),
+                to.address(),
+                to.name
+            ));
+            let note =
+                self.d.health.wait_healthy(&to.address(), &to.instance, group.as_ref(), self.log, self.cancel).await?;
             self.note(note);
         }
         if p.phase <= Phase::Switch {
@@ -102,7 +117,7 @@ impl Driver<'_> {
         };
         if let (Some(from), None) = (from, keep) {
             let group = self.group(&from.name).await?;
-            if let Err(e) = from.instance.stop(group, STOP_GRACE).await {
+            if let Err(e) = from.instance.stop(group.as_ref(), STOP_GRACE).await {
                 self.note(format!("could not stop slot {}: {e}", from.name));
             }
         }
@@ -154,7 +169,7 @@ impl Driver<'_> {
         let group = self.group(&to.name).await?;
         if !p.phase.switched() {
             if p.action == Action::Deploy {
-                let _ = to.instance.stop(group, STOP_GRACE).await;
+                let _ = to.instance.stop(group.as_ref(), STOP_GRACE).await;
             }
             let (release, why) = (p.to.clone(), reason.clone());
             self.journal(move |j| {
@@ -187,6 +202,7 @@ impl Driver<'_> {
         .await?;
         self.report.reason = Some(reason.clone());
         self.rolling_back = true;
+        self.undoing = true;
         let back_slot = self.slot(back.slot())?;
         let back_group = self.group(back.slot()).await?;
         // Never send traffic to a slot that is not healthy, in a rollback too.
@@ -198,11 +214,15 @@ impl Driver<'_> {
         if let Err(e) = self
             .d
             .health
-            .wait_healthy(&back_slot.address(), &back_slot.instance, back_group, self.log, self.cancel)
+            .wait_healthy(&back_slot.address(), &back_slot.instance, back_group.as_ref(), self.log, self.cancel)
             .await
         {
-            let new_ok =
-                self.d.health.wait_healthy(&to.address(), &to.instance, group, self.log, self.cancel).await.is_ok();
+            let new_ok = self
+                .d
+                .health
+                .wait_healthy(&to.address(), &to.instance, group.as_ref(), self.log, self.cancel)
+                .await
+                .is_ok();
             let (bad, why) = (p.to.clone(), format!("{reason}; rollback impossible: {e}"));
             self.journal(move |j| {
                 j.pending = None;
@@ -235,7 +255,10 @@ impl Driver<'_> {
         self.log.note(&format!("stopping {} ({}): its keep-previous time is over", previous.place(), previous.version));
         for name in &previous.slots {
             let slot = self.slot(name)?;
-            slot.instance.stop(journal.groups.get(name).copied(), STOP_GRACE).await?;
+            // A group that is not provably pipe's is reported, not signalled, and does not block the deploy.
+            if let Err(e) = slot.instance.stop(journal.groups.get(name), STOP_GRACE).await {
+                self.log.note(&format!("  could not stop slot {name}: {e}"));
+            }
         }
         let names = previous.slots.clone();
         self.journal(move |j| {

@@ -178,8 +178,12 @@ impl RunContext {
                 if let Some(p) = vars.iter_mut().find(|(k, _)| k == "PORT") {
                     p.1 = port.to_string();
                 }
+                // Who made it: this deployment, of this checkout, by this user. Only
+                // a container carrying all three is ever removed by a deploy.
                 let labels = [
                     ("pipe.deploy", format!("{}/{}", self.pipeline, d.name)),
+                    (crate::deploy::CHECKOUT_LABEL, crate::deploy::checkout_id(&self.root)),
+                    ("pipe.uid", crate::docker::Identity::current().uid.clone()),
                     ("pipe.pipeline", self.pipeline.clone()),
                     ("pipe.slot", slot.name.clone()),
                     ("pipe.version", version.to_string()),

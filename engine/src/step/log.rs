@@ -79,6 +79,22 @@ impl StepLog {
     }
 
     pub fn line(&self, stream: Stream, raw: &str) {
+        if let Some(event) = self.record(stream, raw) {
+            self.events.send(event);
+        }
+    }
+
+    /// A line of a child's output: as [`Self::line`], but waits while the
+    /// event queue is full, so that a flood of output is slowed, not held in memory.
+    async fn output(&self, stream: Stream, raw: &str) {
+        if let Some(event) = self.record(stream, raw) {
+            let bytes = raw.len();
+            self.events.send_output(event, bytes).await;
+        }
+    }
+
+    /// Writes a line to the file and the tail; returns the event to send.
+    fn record(&self, stream: Stream, raw: &str) -> Option<Event> {
         let line = self.masker.mask(raw);
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -88,9 +104,9 @@ impl StepLog {
                     let note = format!("[pipe] log cut at {MAX_LOG_BYTES} bytes");
                     inner.write(&note);
                     drop(inner);
-                    self.events.send(Event::StepLog { step: self.step.to_string(), stream: Stream::Pipe, line: note });
+                    return Some(Event::StepLog { step: self.step.to_string(), stream: Stream::Pipe, line: note });
                 }
-                return;
+                return None;
             }
             inner.bytes += line.len() as u64 + 1;
             inner.write(&line);
@@ -99,7 +115,7 @@ impl StepLog {
             }
             inner.tail.push_back(line.clone());
         }
-        self.events.send(Event::StepLog { step: self.step.to_string(), stream, line });
+        Some(Event::StepLog { step: self.step.to_string(), stream, line })
     }
 
     /// Text from a source that must not be able to forge pipe's own output (a
@@ -161,13 +177,15 @@ impl StepLog {
     }
 
     /// Copies a child's stream into the log, line by line, until it closes.
+    /// A line longer than [`MAX_LINE_BYTES`] is cut there, and says so.
     pub async fn pump(self, reader: impl AsyncRead + Unpin, stream: Stream) {
         let mut r = BufReader::new(reader);
         let mut line: Vec<u8> = Vec::new();
+        let mut cut = false;
         while let Ok(buf) = r.fill_buf().await {
             if buf.is_empty() {
-                if !line.is_empty() {
-                    self.emit(stream, &line);
+                if !line.is_empty() || cut {
+                    self.emit(stream, &line, cut).await;
                 }
                 break;
             }
@@ -177,17 +195,24 @@ impl StepLog {
             };
             let room = MAX_LINE_BYTES.saturating_sub(line.len());
             line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            cut |= chunk.len() > room;
             r.consume(used);
             if end {
-                self.emit(stream, &line);
+                self.emit(stream, &line, cut).await;
                 line.clear();
+                cut = false;
             }
         }
     }
 
-    fn emit(&self, stream: Stream, bytes: &[u8]) {
+    async fn emit(&self, stream: Stream, bytes: &[u8], cut: bool) {
         let text = String::from_utf8_lossy(bytes);
-        self.line(stream, text.strip_suffix('\r').unwrap_or(&text));
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        if cut {
+            self.output(stream, &format!("{text} [line cut at {} KiB]", MAX_LINE_BYTES >> 10)).await;
+        } else {
+            self.output(stream, text).await;
+        }
     }
 }
 
@@ -247,7 +272,24 @@ fn clean(line: &str, keep_colors: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_cap_is_cut_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (events, mut rx) = Events::channel();
+        let log = StepLog::new(dir.path().join("s.log"), "s", events, Masker::default());
+        let text = format!("{}\nshort\n", "y".repeat(100 << 10));
+        log.clone().pump(text.as_bytes(), Stream::Stdout).await;
+        let mut lines = Vec::new();
+        while let Ok(Event::StepLog { line, .. }) = rx.try_recv() {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 2, "the rest of the long line is dropped, the next line kept");
+        assert!(lines[0].ends_with(" [line cut at 64 KiB]"), "{}", &lines[0][lines[0].len() - 40..]);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES + " [line cut at 64 KiB]".len());
+        assert_eq!(lines[1], "short");
+    }
 
     #[test]
     fn terminal_control_is_removed() {

@@ -8,7 +8,9 @@ pub mod log;
 pub mod mask;
 pub mod outputs;
 pub mod proc;
+pub mod process_group;
 
 pub use exit::Exit;
 pub use log::StepLog;
 pub use mask::Masker;
+pub use process_group::ProcessGroup;

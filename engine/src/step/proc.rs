@@ -9,6 +9,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::process_group::{self, Check, ProcessGroup};
+
 /// Time between SIGTERM and SIGKILL when a step is cancelled.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -22,17 +24,27 @@ pub fn command(program: &str) -> tokio::process::Command {
 
 /// The process group of a child started by [`command`]. Dropping it kills
 /// whatever is left of the group.
+/// Once the leader is reaped its id may be reused: every signal goes through
+/// the group's identity (its leader's start time), never the bare id.
 pub struct Group {
-    pgid: Option<Pid>,
+    pgid: Option<ProcessGroup>,
 }
 
 impl Group {
     pub fn of(child: &tokio::process::Child) -> Group {
-        Group { pgid: child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw) }
+        Group { pgid: child.id().and_then(|id| i32::try_from(id).ok()).map(ProcessGroup::of_leader) }
+    }
+
+    /// The group, if it is still the one started and something of it is left.
+    fn ours(&self) -> Option<Pid> {
+        match self.pgid.as_ref()?.check() {
+            Check::Ours(pid) => Some(pid),
+            Check::Gone | Check::NotOurs(_) => None,
+        }
     }
 
     pub fn signal(&self, sig: Signal) {
-        if let Some(g) = self.pgid {
+        if let Some(g) = self.ours() {
             let _ = killpg(g, sig);
         }
     }
@@ -40,7 +52,7 @@ impl Group {
     /// Kills what the leader left running in the background; returns a note
     /// naming it, or `None` when nothing was left.
     pub fn stop_leftovers(&self) -> Option<String> {
-        let g = self.pgid?;
+        let g = self.ours()?;
         killpg(g, None).ok()?;
         let names = members(g);
         let _ = killpg(g, Signal::SIGKILL);
@@ -67,18 +79,8 @@ impl Drop for Group {
 /// `pid name` of each process in the group, read from /proc (only called when
 /// something was left behind, so its cost is not on the common path).
 fn members(pgid: Pid) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut found = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid.as_raw()) && fields.first() != Some(&"Z") {
-            found.push(format!("{pid} `{}`", &stat[open + 1..close]));
-        }
-    }
+    let mut found: Vec<String> =
+        process_group::members(pgid.as_raw()).into_iter().map(|s| format!("{} `{}`", s.pid, s.comm)).collect();
     found.sort();
     found
 }
