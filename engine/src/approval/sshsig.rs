@@ -52,7 +52,7 @@ pub fn question_hash(question: &str) -> String {
 /// Signs `payload` with `key` (a private key, or a public key whose private
 /// half is in `ssh-agent`); ssh-keygen asks for a passphrase on the terminal.
 pub fn sign(key: &Path, payload: &[u8]) -> Result<String, String> {
-    let mut child = std::process::Command::new("ssh-keygen")
+    let mut child = std::process::Command::new(ssh_keygen())
         .args(["-q", "-Y", "sign", "-n", NAMESPACE, "-f"])
         .arg(key)
         .stdin(Stdio::piped())
@@ -97,9 +97,24 @@ pub async fn verify(signers: &AllowedSigners, payload: &[u8], signature: &str) -
     Err(format!("its signature does not verify for this gate ({why})"))
 }
 
+/// The ssh-keygen that checks approvals: the system's, found in fixed
+/// places rather than on `PATH`, which a step's tool installer or a
+/// repository's `.envrc` may put its own directories in front of.
+/// `PIPE_SSH_KEYGEN` names another one.
+fn ssh_keygen() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("PIPE_SSH_KEYGEN") {
+        return path.into();
+    }
+    ["/usr/bin/ssh-keygen", "/bin/ssh-keygen", "/usr/local/bin/ssh-keygen"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "/usr/bin/ssh-keygen".into())
+}
+
 /// Runs ssh-keygen with `stdin`; (success, stdout, stderr).
 async fn keygen(args: &[&str], stdin: &[u8]) -> Result<(bool, String, String), String> {
-    let mut child = tokio::process::Command::new("ssh-keygen")
+    let mut child = tokio::process::Command::new(ssh_keygen())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

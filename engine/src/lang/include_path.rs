@@ -4,7 +4,9 @@
 //! not put the content of a file outside the repository into a diagnostic.
 //! A path is refused before anything is read when it is absolute or leaves
 //! the repository as written, and again when it leaves it once symbolic links
-//! are followed; included files are bounded in size.
+//! are followed; included files are bounded in size, named `*.kdl`, and
+//! never git's or pipe's own (`include ".secrets.env"` would show a secret
+//! in the parse error).
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -52,6 +54,21 @@ impl Boundary {
         if !file.starts_with(&self.0) {
             return Err(Refusal {
                 reason: "a symbolic link on the path leads outside the repository".into(),
+                help: relative.clone(),
+            });
+        }
+        // Inside the repository are files no pipeline is made of: a secrets
+        // file (`.secrets.env`), git's own, pipe's state. Only templates are.
+        if file.extension().is_none_or(|e| e != "kdl") {
+            return Err(Refusal {
+                reason: "an included file is a pipeline template, named *.kdl".into(),
+                help: relative.clone(),
+            });
+        }
+        let inside = file.strip_prefix(&self.0).unwrap_or(&file);
+        if inside.components().any(|c| c.as_os_str() == ".git" || c.as_os_str() == ".pipe") {
+            return Err(Refusal {
+                reason: "the file is git's or pipe's own (under .git/ or .pipe/), not a template".into(),
                 help: relative.clone(),
             });
         }
@@ -129,6 +146,13 @@ mod tests {
         assert!(refused(&b, &from, "../../../secret.txt").contains("outside the repository"));
         assert!(refused(&b, &from, "../../templates/link.kdl").contains("symbolic link"));
         assert!(refused(&b, &from, "../../templates/big.kdl").contains("at most 1048576"));
-        assert!(refused(&b, &from, "../../templates").contains("not a regular file"));
+        assert!(refused(&b, &from, "../../templates").contains("named *.kdl"));
+        std::fs::write(repo.join(".secrets.env"), "TOKEN=hunter2").expect("write");
+        std::fs::create_dir_all(repo.join(".pipe/cache")).expect("mkdir");
+        std::fs::write(repo.join(".pipe/cache/x.kdl"), "x").expect("write");
+        std::fs::write(repo.join(".git/config.kdl"), "x").expect("write");
+        assert!(refused(&b, &from, "../../.secrets.env").contains("named *.kdl"));
+        assert!(refused(&b, &from, "../../.pipe/cache/x.kdl").contains("pipe's own"));
+        assert!(refused(&b, &from, "../../.git/config.kdl").contains("git's"));
     }
 }

@@ -12,7 +12,7 @@ use super::executor::Invocation;
 use super::git::GitInfo;
 use super::image::ImageBuildRun;
 use super::process::{ProcessSpec, ProgramCache};
-use super::script::{ScriptWriter, Written};
+use super::script::{ScriptWriter, Written, command_line, is_posix_shell, settings};
 use super::trust::Trust;
 use crate::docker::{docker_name, labels};
 use crate::lang::interp::{RefKind, Reference, Template};
@@ -534,75 +534,5 @@ impl RunContext {
             }),
             Test::Output { step, key, equals } => view.output(&step.value, key).is_some_and(|v| v == equals),
         }
-    }
-}
-
-/// A plugin call's settings, rendered. A setting that holds a command is
-/// split into words by the host (it grants running exactly that command), so
-/// each value in it is quoted: it stays one word, whatever its bytes.
-pub(super) fn settings(
-    config: &[(String, Template)],
-    fields: &[crate::plugin::contract::FieldInfo],
-    resolve: &dyn Fn(&Reference) -> Result<String, RenderError>,
-) -> Result<Vec<(String, String)>, RenderError> {
-    config
-        .iter()
-        .map(|(key, t)| {
-            let command = fields.iter().any(|f| f.name == *key && f.kind == crate::plugin::grants::FieldKind::Command);
-            let value = t.render(|r| {
-                let v = resolve(r)?;
-                Ok(if command { shell_words::quote(&v).into_owned() } else { v })
-            })?;
-            Ok((key.clone(), value))
-        })
-        .collect()
-}
-
-/// Shells that expand `"${VAR}"` as POSIX says, by the program's file name.
-fn is_posix_shell(program: &str) -> bool {
-    let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or(program);
-    matches!(name, "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "busybox")
-}
-
-/// Words that only a shell understands, at the start of a command.
-const SHELL_WORDS: &[&str] = &[
-    ".", ":", "alias", "break", "case", "cd", "command", "continue", "eval", "exec", "exit", "export", "for",
-    "function", "if", "read", "readonly", "return", "set", "shift", "source", "trap", "ulimit", "umask", "unset",
-    "until", "wait", "while",
-];
-
-/// `sh -c script`, or the program itself when the script is a plain command.
-/// Like make, a command without shell syntax is run directly: one exec, not two.
-fn command_line(script: &str, shell: Option<&[String]>) -> (String, Vec<String>) {
-    if let Some(shell) = shell {
-        let mut args: Vec<String> = shell[1..].to_vec();
-        args.extend(["-c".to_string(), script.to_string()]);
-        return (shell[0].clone(), args);
-    }
-    let plain = !script.contains(|c: char| "#;\"'*?[]&|<>(){}$`^~!\\\n=%".contains(c));
-    if plain
-        && let Ok(mut words) = shell_words::split(script)
-        && !words.is_empty()
-        && !SHELL_WORDS.contains(&words[0].as_str())
-    {
-        let program = words.remove(0);
-        return (program, words);
-    }
-    ("sh".into(), vec!["-c".into(), script.to_string()])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::command_line;
-
-    #[test]
-    fn plain_commands_skip_the_shell() {
-        assert_eq!(command_line("true", None), ("true".into(), vec![]));
-        assert_eq!(command_line("cargo build  --release", None).1, vec!["build", "--release"]);
-        assert_eq!(command_line("echo $HOME", None).0, "sh");
-        assert_eq!(command_line("cd x", None).0, "sh");
-        assert_eq!(command_line("a && b", None).0, "sh");
-        let bash = ["bash".to_string(), "-e".to_string()];
-        assert_eq!(command_line("x", Some(&bash)), ("bash".into(), vec!["-e".into(), "-c".into(), "x".into()]));
     }
 }

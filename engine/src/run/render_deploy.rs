@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::RenderError;
-use super::context::{RunContext, View, settings};
+use super::context::{RunContext, View};
 use super::executor::Invocation;
 use super::script::ScriptWriter;
+use super::script::settings;
 use crate::deploy::{
     AnalysisRun, CanaryRun, CommandInstance, DeployRun, DockerInstance, InstanceRun, JournalStore, NotifyRun,
     PreviousRun, ProbeRun, RoleRun, SlotRun, StrategyRun, VerifyRun,

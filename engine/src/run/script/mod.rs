@@ -22,6 +22,11 @@
 use super::RenderError;
 use crate::lang::interp::{Part, Reference, Template};
 
+mod lexer;
+mod words;
+use lexer::{Context, Lexer};
+pub use words::{command_line, is_posix_shell, settings};
+
 /// The prefix of the variables that carry values into a script.
 pub const VALUE_VAR: &str = "PIPE_VALUE_";
 
@@ -74,14 +79,7 @@ impl ScriptWriter {
                         Context::Double | Context::HereDoc => format!("${{{name}}}"),
                         Context::Single => format!("'\"${{{name}}}\"'"),
                         Context::AnsiSingle => format!("'\"${{{name}}}\"$'"),
-                        Context::QuotedHereDoc => {
-                            return Err(RenderError {
-                                reference: r.text.clone(),
-                                reason: "a quoted here-document (<<'EOF') expands nothing, so the value cannot \
-                                         reach it as data; write the delimiter unquoted (<<EOF)"
-                                    .into(),
-                            });
-                        }
+                        refused => return Err(refusal(r, refused)),
                     };
                     lexer.feed_opaque();
                     text.push_str(&expansion);
@@ -117,227 +115,22 @@ impl ScriptWriter {
     }
 }
 
-/// Where in shell syntax a reference stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Context {
-    Unquoted,
-    Double,
-    Single,
-    /// bash's `$'…'`.
-    AnsiSingle,
-    HereDoc,
-    QuotedHereDoc,
-}
-
-/// One level of nesting: the script, a `$( … )` or a `` ` … ` `` inside it.
-#[derive(Clone, Debug)]
-enum Frame {
-    Plain { parens: usize },
-    Backtick,
-    Double,
-    Single,
-    AnsiSingle,
-    Comment,
-}
-
-/// Just enough of POSIX shell's lexical rules to know which quotes a point of
-/// the script is in: quotes, backslashes, comments, `$( )`, backquotes and
-/// here-documents. What it cannot follow errs towards a double-quoted
-/// expansion, which is data in every context but a quoted here-document.
-#[derive(Debug)]
-struct Lexer {
-    stack: Vec<Frame>,
-    escaped: bool,
-    /// The previous character, for `$(`, `$'`, `<<` and word starts.
-    prev: char,
-    prev2: char,
-    /// Here-documents announced on the current line: (delimiter, quoted, strip tabs).
-    pending: Vec<(String, bool, bool)>,
-    /// Reading a here-document's delimiter word after `<<`.
-    delimiter: Option<(String, bool, bool)>,
-    /// Inside a here-document's body: its delimiter, whether quoted, whether `<<-`.
-    body: Option<(String, bool, bool)>,
-    /// The current line of a here-document's body, to find its end.
-    line: String,
-    /// A reference was expanded on the current body line: it is not the delimiter.
-    line_dirty: bool,
-}
-
-impl Default for Lexer {
-    fn default() -> Self {
-        Lexer {
-            stack: vec![Frame::Plain { parens: 0 }],
-            escaped: false,
-            prev: ' ',
-            prev2: ' ',
-            pending: Vec::new(),
-            delimiter: None,
-            body: None,
-            line: String::new(),
-            line_dirty: false,
+/// Why a reference cannot be passed as data where it stands.
+fn refusal(r: &Reference, context: Context) -> RenderError {
+    let reason = match context {
+        Context::QuotedHereDoc => {
+            "a quoted here-document (<<'EOF') expands nothing, so the value cannot reach it as data; \
+             write the delimiter unquoted (<<EOF)"
         }
-    }
-}
-
-impl Lexer {
-    fn context(&self) -> Context {
-        if let Some((_, quoted, _)) = &self.body {
-            return if *quoted { Context::QuotedHereDoc } else { Context::HereDoc };
+        Context::Backquotes => {
+            "inside backquotes quoting follows other rules, so the value cannot be passed safely; write $( … )"
         }
-        match self.stack.last() {
-            Some(Frame::Double) => Context::Double,
-            Some(Frame::Single) => Context::Single,
-            Some(Frame::AnsiSingle) => Context::AnsiSingle,
-            _ => Context::Unquoted,
+        _ => {
+            "pipe cannot tell how this part of the script is quoted (after a `<<` inside parentheses), so \
+             the value cannot be passed safely; set it in the step's `env { }` and use the variable"
         }
-    }
-
-    /// A value was expanded here: it is a word's part, never syntax.
-    fn feed_opaque(&mut self) {
-        if self.body.is_some() {
-            self.line_dirty = true;
-        } else if let Some(d) = &mut self.delimiter {
-            d.0.push('\u{1}');
-        }
-        self.escaped = false;
-        self.prev2 = self.prev;
-        self.prev = 'x';
-    }
-
-    fn feed(&mut self, text: &str) {
-        for c in text.chars() {
-            self.step(c);
-            self.prev2 = self.prev;
-            self.prev = c;
-        }
-    }
-
-    fn step(&mut self, c: char) {
-        if self.body.is_some() {
-            return self.body_char(c);
-        }
-        if self.delimiter.is_some() && self.delimiter_char(c) {
-            return;
-        }
-        if self.escaped {
-            self.escaped = false;
-            return;
-        }
-        let top = self.stack.last().cloned().unwrap_or(Frame::Plain { parens: 0 });
-        match top {
-            Frame::Single => {
-                if c == '\'' {
-                    self.stack.pop();
-                }
-            }
-            Frame::AnsiSingle => match c {
-                '\\' => self.escaped = true,
-                '\'' => {
-                    self.stack.pop();
-                }
-                _ => {}
-            },
-            Frame::Comment => {
-                if c == '\n' {
-                    self.stack.pop();
-                    self.newline();
-                }
-            }
-            Frame::Double => match c {
-                '\\' => self.escaped = true,
-                '"' => {
-                    self.stack.pop();
-                }
-                '`' => self.stack.push(Frame::Backtick),
-                '(' if self.prev == '$' => self.stack.push(Frame::Plain { parens: 0 }),
-                _ => {}
-            },
-            Frame::Plain { .. } | Frame::Backtick => self.plain_char(c, matches!(top, Frame::Backtick)),
-        }
-    }
-
-    fn plain_char(&mut self, c: char, in_backtick: bool) {
-        match c {
-            '\\' => self.escaped = true,
-            '\'' if self.prev == '$' => self.stack.push(Frame::AnsiSingle),
-            '\'' => self.stack.push(Frame::Single),
-            '"' => self.stack.push(Frame::Double),
-            '`' if in_backtick => {
-                self.stack.pop();
-            }
-            '`' => self.stack.push(Frame::Backtick),
-            '#' if self.prev.is_whitespace() || ";&|()".contains(self.prev) => self.stack.push(Frame::Comment),
-            '(' if self.prev == '$' => self.stack.push(Frame::Plain { parens: 0 }),
-            '(' => {
-                if let Some(Frame::Plain { parens }) = self.stack.last_mut() {
-                    *parens += 1;
-                }
-            }
-            ')' => {
-                let depth = self.stack.len();
-                match self.stack.last_mut() {
-                    Some(Frame::Plain { parens }) if *parens > 0 => *parens -= 1,
-                    Some(Frame::Plain { .. }) if depth > 1 => {
-                        self.stack.pop();
-                    }
-                    _ => {}
-                }
-            }
-            '<' if self.prev == '<' && self.prev2 != '<' => self.delimiter = Some((String::new(), false, false)),
-            '\n' => self.newline(),
-            _ => {}
-        }
-    }
-
-    /// After `<<`: `-`, blanks, then the delimiter word, quoted or not.
-    /// Returns whether `c` was taken as part of it.
-    fn delimiter_char(&mut self, c: char) -> bool {
-        let Some((word, quoted, strip)) = &mut self.delimiter else { return false };
-        match c {
-            '<' if word.is_empty() => {
-                // `<<<` is a here-string, not a here-document.
-                self.delimiter = None;
-                return true;
-            }
-            '-' if word.is_empty() && !*strip => *strip = true,
-            ' ' | '\t' if word.is_empty() => {}
-            '\'' | '"' | '\\' => *quoted = true,
-            c if c.is_whitespace() || ";&|<>()".contains(c) => {
-                let done = self.delimiter.take();
-                if let Some((word, quoted, strip)) = done
-                    && !word.is_empty()
-                {
-                    self.pending.push((word, quoted, strip));
-                }
-                return false;
-            }
-            c => word.push(c),
-        }
-        true
-    }
-
-    fn newline(&mut self) {
-        if !self.pending.is_empty() {
-            self.body = Some(self.pending.remove(0));
-            self.line.clear();
-            self.line_dirty = false;
-        }
-    }
-
-    fn body_char(&mut self, c: char) {
-        if c != '\n' {
-            self.line.push(c);
-            return;
-        }
-        let Some((delimiter, _, strip)) = &self.body else { return };
-        let line = if *strip { self.line.trim_start_matches('\t') } else { self.line.as_str() };
-        if !self.line_dirty && line == delimiter {
-            self.body = None;
-            self.newline();
-        }
-        self.line.clear();
-        self.line_dirty = false;
-    }
+    };
+    RenderError { reference: r.text.clone(), reason: reason.into() }
 }
 
 #[cfg(test)]
@@ -368,7 +161,6 @@ mod tests {
             ("echo 'a ${env.X} b'", format!("echo 'a '\"{v}\"' b'")),
             ("echo $'a\\' ${env.X}'", format!("echo $'a\\' '\"{v}\"$''")),
             ("echo \"$(echo ${env.X})\"", format!("echo \"$(echo \"{v}\")\"")),
-            ("echo `echo ${env.X}`", format!("echo `echo \"{v}\"`")),
             ("echo it\\'s ${env.X}", format!("echo it\\'s \"{v}\"")),
             ("# it's\necho ${env.X}", format!("# it's\necho \"{v}\"")),
             ("echo a#b'${env.X}'", format!("echo a#b''\"{v}\"''")),
@@ -376,6 +168,15 @@ mod tests {
             ("cat <<-EOF\n\tit's\n\tEOF\necho '${env.X}'", format!("cat <<-EOF\n\tit's\n\tEOF\necho ''\"{v}\"''")),
             ("cat <<< 'x'; echo ${env.X}", format!("cat <<< 'x'; echo \"{v}\"")),
             ("(cd a && echo ${env.X})", format!("(cd a && echo \"{v}\")")),
+            // Attacks on the lexer itself: each once made pipe expand a value unquoted.
+            ("echo \"$((1 << 2))\"; find . -name ${env.X}", format!("echo \"$((1 << 2))\"; find . -name \"{v}\"")),
+            ("x=$((1<<2)); echo ${env.X}", format!("x=$((1<<2)); echo \"{v}\"")),
+            ("r=\"$(case a in a) echo ${env.X};; esac)\"", format!("r=\"$(case a in a) echo \"{v}\";; esac)\"")),
+            ("r=$(case a in (a) echo ${env.X};; esac)", format!("r=$(case a in (a) echo \"{v}\";; esac)")),
+            ("cat <<EOF\n$(echo ${env.X})\nEOF", format!("cat <<EOF\n$(echo \"{v}\")\nEOF")),
+            ("echo \\ #\"${env.X}\"", format!("echo \\ #\"{v}\"")),
+            ("cat <<EOF\nx\\\nEOF\n${env.X}\nEOF", format!("cat <<EOF\nx\\\nEOF\n{v}\nEOF")),
+            ("cat <<EOF\n${env.X}\nEOF\n'${env.X}'", format!("cat <<EOF\n{v}\nEOF\n''\"{v}\"''")),
         ] {
             assert_eq!(script(input).map_err(|e| e.reason).as_deref(), Ok(want.as_str()), "{input}");
         }
@@ -386,6 +187,18 @@ mod tests {
         let err = script("cat <<'EOF'\n${env.X}\nEOF").expect_err("refused");
         assert!(err.reason.contains("here-document"), "{}", err.reason);
         assert!(script("cat <<'EOF'\nx\nEOF\necho ${env.X}").is_ok());
+    }
+
+    #[test]
+    fn where_the_quoting_is_unclear_a_reference_is_refused() {
+        for (input, why) in [
+            ("echo `echo ${env.X}`", "backquotes"),
+            ("cat <<EOF\n`echo ${env.X}`\nEOF", "backquotes"),
+            ("(cat <<EOF\nx\nEOF\n) ; echo ${env.X}", "cannot tell"),
+        ] {
+            let err = script(input).expect_err(input);
+            assert!(err.reason.contains(why), "{input}: {}", err.reason);
+        }
     }
 
     #[test]
@@ -422,6 +235,10 @@ mod tests {
             "printf '%s|' '${env.X}'",
             "printf '%s|' \"$(printf '%s' ${env.X})\"",
             "cat <<EOF\n${env.X}|\nEOF",
+            ": \"$((1 << 2))\"; printf '%s|' ${env.X}",
+            "r=\"$(case a in a) printf '%s|' ${env.X};; esac)\"; printf '%s' \"$r\"",
+            "cat <<EOF\n$(printf '%s' ${env.X})|\nEOF",
+            ": \\ #; printf '%s|' \"${env.X}\"",
         ] {
             for value in hostile {
                 let s = ScriptWriter::script(&template(scr), |_| Ok(value.to_string())).expect("script");
