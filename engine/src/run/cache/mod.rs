@@ -104,6 +104,12 @@ impl StepCache {
             let entry = check::read(&dir)?;
             let outputs = check::against(&entry, step, &job.spec, &job.masker)?;
             let stored = dir.join("files");
+            // Read through a link, `files` would restore another directory's content.
+            match std::fs::symlink_metadata(&stored) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(Refused("the entry's `files` is not a directory".into())),
+                Err(e) => return Err(Refused(format!("cannot read the entry's files: {e}"))),
+            }
             let items = files::list(&stored, &outputs).map_err(|e| Refused(format!("the stored {e}")))?;
             files::no_links_on_the_way(&job.dir, &items).map_err(Refused)?;
             let tree = Tree::open(&job.dir).map_err(|e| Refused(format!("cannot open {}: {e}", job.dir.display())))?;
@@ -307,6 +313,18 @@ mod tests {
         assert_eq!((entry.duration_ms, entry.outputs.get("version").map(String::as_str)), (3000, Some("1.2")));
         assert_eq!(std::fs::read(dir.join("target/app/bin")).expect("restored").len(), 1000);
         assert!(store.restore("nope", "build.app", &job).expect("no entry").is_none());
+
+        // `files` swapped for a link to a directory outside: refused, nothing read from there.
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::create_dir_all(outside.path().join("target/app")).expect("mkdir");
+        std::fs::write(outside.path().join("target/app/bin"), "planted").expect("write");
+        store.store("k3", "build.app", &job, &outputs, Duration::ZERO).expect("store");
+        std::fs::remove_dir_all(store.entry_dir("k3").join("files")).expect("rm files");
+        std::os::unix::fs::symlink(outside.path(), store.entry_dir("k3").join("files")).expect("link");
+        let refused = store.restore("k3", "build.app", &job).expect_err("a linked files dir");
+        assert!(refused.to_string().contains("`files` is not a directory"), "{refused}");
+        assert_eq!(std::fs::read(dir.join("target/app/bin")).expect("kept").len(), 1000);
+        assert!(outside.path().join("target/app/bin").exists(), "removing the entry followed its link");
 
         let refused = store.restore("k1", "other.step", &job).expect_err("another step's entry");
         assert!(refused.to_string().contains("stored for step `build.app`"), "{refused}");
