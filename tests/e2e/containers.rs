@@ -51,6 +51,38 @@ pipeline "{name}" {{
     assert!(containers_with("pipe.pipeline", &name).is_empty(), "no container is left behind");
 }
 
+/// A compromised dependency in a container step (root in the container,
+/// the workspace mounted) goes for pipe's own files: the secrets file, a
+/// forged cache entry and decision in `.pipe/`. It sees neither.
+#[test]
+fn a_container_step_can_neither_read_secrets_files_nor_write_into_pipe_s_state() {
+    let image = Image::busybox();
+    let name = unique("ctr-private");
+    let test = Test::new()
+        .file(".secrets.env", "C_FILE_TOKEN=file-secret-value\n")
+        .pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    secrets {{ from-file ".secrets.env" }}
+    container image="{tag}" pull="never"
+    stage "s" {{
+        step "attack" {{
+            run "cat .secrets.env > leaked.txt; ls -a .pipe > seen.txt; mkdir -p .pipe/cache/k .pipe/approvals; echo forged > .pipe/approvals/x.decision; echo planted > .secrets.env; true"
+        }}
+    }}
+}}
+"#,
+            tag = image.tag
+        ));
+    let out = test.pipe(&["run", "--format", "json"], &[]);
+    assert_eq!(out.status("s.attack"), "succeeded", "{}", out.stdout);
+    assert_eq!(out.read("leaked.txt"), "", "the step read the secrets file");
+    assert_eq!(out.read("seen.txt").split_whitespace().collect::<Vec<_>>(), [".", ".."], "pipe's state was visible");
+    assert!(!out.exists(".pipe/approvals/x.decision") && !out.exists(".pipe/cache/k"), "a file landed in .pipe/");
+    assert_eq!(out.read(".secrets.env"), "C_FILE_TOKEN=file-secret-value\n", "the secrets file was written");
+    assert!(containers_with("pipe.pipeline", &name).is_empty(), "no container is left behind");
+}
+
 #[test]
 fn a_timed_out_container_step_is_stopped_and_removed() {
     let image = Image::busybox();

@@ -104,6 +104,28 @@ async fn run_created(docker: &Docker, id: &str, log: &StepLog, cancel: &Cancella
     exit
 }
 
+/// pipe's own files inside the mounted workspace (the state root `.pipe/`,
+/// secrets files), as paths in the container: files to cover with an empty
+/// one, directories with an empty read-only tmpfs. A step in a container can
+/// then neither read pipe's state nor write a lie into it (a cache entry, a
+/// decision, a journal). What does not exist is left alone: Docker would
+/// create the mount point in the workspace, owned by root.
+fn hidden(spec: &ContainerRun) -> (Vec<String>, Vec<String>) {
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    let workspace = crate::plugin::grants::absolute(&spec.workspace);
+    for path in &spec.private {
+        let Ok(rel) = path.strip_prefix(&workspace) else { continue };
+        let Some(rel) = rel.to_str().filter(|r| !r.is_empty() && !r.contains(':')) else { continue };
+        let inside = format!("{WORKSPACE}/{rel}");
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => dirs.push(inside),
+            Ok(m) if m.is_file() => files.push(inside),
+            _ => {}
+        }
+    }
+    (files, dirs)
+}
+
 async fn exit_status(docker: &Docker, id: &str) -> Exit {
     match docker.wait_container(id, None).next().await {
         Some(Ok(r)) => Exit::Code(i32::try_from(r.status_code).unwrap_or(-1)),
@@ -116,8 +138,10 @@ async fn exit_status(docker: &Docker, id: &str) -> Exit {
 }
 
 fn body(spec: &ContainerRun) -> ContainerCreateBody {
-    let binds =
+    let mut binds =
         vec![format!("{}:{WORKSPACE}", spec.workspace.display()), format!("{}:{OUTPUTS}", spec.outputs.display())];
+    let (files, dirs) = hidden(spec);
+    binds.extend(files.into_iter().map(|path| format!("/dev/null:{path}:ro")));
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: Some(spec.cmd.clone()),
@@ -127,6 +151,7 @@ fn body(spec: &ContainerRun) -> ContainerCreateBody {
         labels: Some(spec.labels.clone()),
         host_config: Some(HostConfig {
             binds: Some(binds),
+            tmpfs: (!dirs.is_empty()).then(|| dirs.into_iter().map(|d| (d, "ro,size=4k".to_string())).collect()),
             memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
             network_mode: spec.network.clone(),
