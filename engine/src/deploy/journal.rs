@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{StateError, StateStore};
+use crate::step::Masker;
 
 /// Entries of history kept.
 const HISTORY: usize = 50;
@@ -209,15 +210,29 @@ pub fn now() -> u64 {
 }
 
 /// Where one deployment's journal lives.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JournalStore {
     store: StateStore,
     key: String,
+    /// Masks secrets in the history it writes (a version derived from a
+    /// secret, a reason quoting one): `pipe deploy history` prints it.
+    masker: Masker,
+}
+
+impl std::fmt::Debug for JournalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalStore").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 impl JournalStore {
     pub fn new(store: StateStore, deploy: &str) -> JournalStore {
-        JournalStore { store, key: format!("deploy.{deploy}/journal") }
+        JournalStore { store, key: format!("deploy.{deploy}/journal"), masker: Masker::default() }
+    }
+
+    /// The same, masking the run's secrets in the history it writes.
+    pub fn masking(self, masker: Masker) -> JournalStore {
+        JournalStore { masker, ..self }
     }
 
     /// The pipeline's state the journal lives in.
@@ -243,6 +258,10 @@ impl JournalStore {
                 .map_err(|source| StateError::Corrupt { path: format!("state `{}`", self.key).into(), source })?,
         };
         let out = change(&mut journal);
+        for entry in &mut journal.history {
+            entry.version = self.masker.mask(&entry.version);
+            entry.note = self.masker.mask(&entry.note);
+        }
         let over = journal.history.len().saturating_sub(HISTORY);
         journal.history.drain(..over);
         let text = serde_json::to_string(&journal)
@@ -296,5 +315,31 @@ mod tests {
         assert_eq!(j.history.len(), HISTORY);
         assert_eq!(j.live, Some(release));
         assert!(Phase::Verify.switched() && !Phase::Health.switched());
+    }
+
+    #[test]
+    fn the_history_keeps_no_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journals =
+            JournalStore::new(StateStore::open(dir.path(), "p"), "orders").masking(Masker::new(["s3cret-tag"]));
+        let release = Release {
+            slots: vec!["blue".into()],
+            version: "v-s3cret-tag".into(),
+            git_sha: "abc".into(),
+            run_id: "r".into(),
+            step: "release.web".into(),
+            since: now(),
+            inputs: BTreeMap::new(),
+        };
+        journals.update(|j| j.record("failed", &release, "v-s3cret-tag did not start")).expect("update");
+        let j = journals.load().expect("load");
+        assert_eq!((j.history[0].version.as_str(), j.history[0].note.as_str()), ("v-***", "v-*** did not start"));
+        let text = std::fs::read_dir(dir.path().join(".pipe/state"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect::<String>();
+        assert!(!text.contains("s3cret-tag"), "{text}");
     }
 }

@@ -26,7 +26,7 @@ impl Driver<'_> {
         let event = DeployEvent {
             pipeline: self.d.pipeline.clone(),
             deploy: self.d.name.clone(),
-            version: self.report.version.clone(),
+            version: self.log.masker().mask(&self.report.version),
             kind: kind.to_string(),
             message: self.log.masker().mask(&message),
             details: details.into_iter().map(|(k, v)| (k, self.log.masker().mask(&v))).collect(),

@@ -64,7 +64,8 @@ impl RunContext {
                 })
             })
             .collect::<Result<Vec<_>, RenderError>>()?;
-        let journal = JournalStore::new(StateStore::open(&self.root, &self.pipeline), &d.name);
+        let journal =
+            JournalStore::new(StateStore::open(&self.root, &self.pipeline), &d.name).masking(self.masker.clone());
         let strategy = match &d.strategy {
             Strategy::BlueGreen => StrategyRun::BlueGreen,
             Strategy::Rolling(r) => StrategyRun::Rolling(*r),
