@@ -260,3 +260,43 @@ fn a_missing_command_fails_with_127() {
     assert_eq!(out.step("s.x")["exit_code"], 127);
     assert!(out.stdout.contains("definitely-not-a-command: command not found"), "{}", out.stdout);
 }
+
+/// `--wait` queues behind a running run of the same pipeline and says so
+/// (silent, it looked hung); without it the second run is refused.
+#[test]
+fn a_second_run_waits_with_wait_and_says_so() {
+    let test = Test::new().pipeline(
+        r#"pipeline "p" { stage "s" { step "hold" { run "if [ ! -e first ]; then touch first; for i in $(seq 1500); do [ -e go ] && break; sleep 0.02; done; fi" } } }"#,
+    );
+    let quiet = |mut c: std::process::Command| {
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c
+    };
+    // Whatever happens below, the first run is let go (no process outlives the test).
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _release = Release(test.path().join("go"));
+    let mut first = quiet(test.command()).args(["run"]).spawn().expect("first run");
+    crate::support::wait_until("the first run holds the pipeline", || test.path().join("first").exists());
+    let refused = test.pipe(&["run"], &[]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("already running"), "{}", refused.stderr);
+    let mut second = test
+        .command()
+        .args(["run", "--wait"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("second run");
+    let mut stderr = std::io::BufReader::new(second.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+    assert!(line.contains("waiting for the running run of `p`"), "{line}");
+    std::fs::write(test.path().join("go"), "").expect("go");
+    assert!(first.wait().expect("first").success());
+    assert!(second.wait().expect("second").success());
+}

@@ -25,12 +25,18 @@ impl RunLock {
             .map_err(StateError::io("open", &path))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) if wait => file.lock().map_err(StateError::io("lock", &path))?,
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = if holder.trim().is_empty() { String::new() } else { format!(" ({})", holder.trim()) };
-                return Err(StateError::Locked { pipeline: pipeline.to_string(), holder });
+                // The holder writes a short line; a forged huge one is cut, and shown as text.
+                let _ = (&mut file).take(256).read_to_string(&mut holder);
+                let holder: String = holder.trim().chars().filter(|c| !c.is_control()).collect();
+                let holder = if holder.is_empty() { String::new() } else { format!(" ({holder})") };
+                if !wait {
+                    return Err(StateError::Locked { pipeline: pipeline.to_string(), holder });
+                }
+                // Queued silently, a run looks hung.
+                eprintln!("waiting for the running run of `{pipeline}`{holder} to finish…");
+                file.lock().map_err(StateError::io("lock", &path))?;
             }
             Err(TryLockError::Error(e)) => return Err(StateError::io("lock", &path)(e)),
         }
