@@ -300,7 +300,7 @@ fn a_probe_verdict_never_stops_a_rollback() {
     let prefix = tempfile::tempdir().expect("prefix");
     let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
     let extra = format!(
-        r#"verify url="http://127.0.0.1:{0}/" times=3 timeout="3s"
+        r#"verify url="http://127.0.0.1:{0}/" times=3 timeout="60s"
            probe url="http://127.0.0.1:{0}/" rate=100 max-failures=0"#,
         nginx.port
     );
@@ -315,6 +315,11 @@ fn a_probe_verdict_never_stops_a_rollback() {
     let why = bad.step("release.web")["reason"].as_str().unwrap_or("").to_string();
     assert!(why.contains("rolled back to v1 in slot blue"), "the rollback was completed: {why}\n{all}");
     assert!(why.contains("the probe saw"), "and the probe's verdict is reported with it: {why}");
+    // Verify waits up to 60 s for good answers, but the probe's failures end it:
+    // a failing version does not keep the traffic for the whole timeout.
+    // (Verify may also pass on old v1 answers still in flight; the probe then ends the drain.)
+    assert!(why.contains("failed: the probe saw"), "the probe's verdict ended it: {why}");
+    assert!(!why.contains("did not answer as expected"), "verify ran to its timeout: {why}");
     assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
     let j = journal(&test);
     assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);

@@ -91,7 +91,8 @@ impl Driver<'_> {
         {
             self.enter(Phase::Verify, format!("through {}", v.url)).await?;
             // Going back, the old version's body is whatever it is.
-            let (note, first_good) = v.run(p.action == Action::Deploy, self.cancel).await?;
+            let verdict = || if self.undoing { None } else { self.probe_verdict() };
+            let (note, first_good) = v.run(p.action == Action::Deploy, self.cancel, &verdict).await?;
             if let Some(at) = self.switch_started {
                 self.report.switch_ms = Some(first_good.saturating_duration_since(at).as_secs_f64() * 1000.0);
             }
@@ -109,6 +110,9 @@ impl Driver<'_> {
 
     /// The switch is done: `to` is live; `from` is kept for a rollback, or stopped.
     async fn complete(&mut self, p: &Pending, from: Option<&SlotRun>) -> Result<(), DeployError> {
+        // Every request from the switch to here counts: the last look at the
+        // probe comes while the old slot still runs, so a failure can still go back.
+        self.check_probe()?;
         let keep = match (p.action, from) {
             (Action::Deploy, Some(_)) if !self.d.keep_previous.is_zero() => {
                 Some(now() + self.d.keep_previous.as_secs())

@@ -26,13 +26,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 impl VerifyRun {
     /// Waits for `times` good answers in a row; `body` says whether the body
     /// is checked. Returns a note and when the first good answer came.
-    pub async fn run(&self, body: bool, cancel: &CancellationToken) -> Result<(String, Instant), DeployError> {
+    /// `verdict` is asked between tries: a failing version must not keep the
+    /// traffic for the whole timeout once the probe has seen enough.
+    pub async fn run(
+        &self,
+        body: bool,
+        cancel: &CancellationToken,
+        verdict: &(dyn Fn() -> Option<DeployError> + Sync),
+    ) -> Result<(String, Instant), DeployError> {
         let target = Target::parse(&self.url).map_err(DeployError::Verify)?;
         let started = Instant::now();
         let (mut streak, mut tries) = (0, 0);
         let mut first_good = None;
         let mut last = String::from("no answer yet");
         while streak < self.times {
+            if let Some(e) = verdict() {
+                return Err(e);
+            }
             if started.elapsed() > self.timeout {
                 return Err(DeployError::Verify(format!(
                     "{} did not answer as expected {}× in a row within {} ({tries} tries; last: {last})",
