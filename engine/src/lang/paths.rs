@@ -6,6 +6,29 @@ use super::model::Cache;
 use super::parser::Parser;
 use super::reader::{Node, Spanned};
 
+/// Why `path` cannot be a cached output: it is restored into the
+/// pipeline's directory, so it must name something inside it and not all of
+/// it, nor pipe's or git's own files (the cache would copy itself).
+fn bad_output(path: &str) -> Option<(&'static str, &'static str)> {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if path.starts_with('/') || parts.contains(&"..") {
+        return Some(("a path outside the pipeline's directory", "outputs are restored into the pipeline's directory"));
+    }
+    if path.contains("${") {
+        return Some((
+            "`${…}` is not expanded in outputs",
+            "name the paths as they are, or one directory holding them",
+        ));
+    }
+    match parts.first() {
+        None => Some(("the whole pipeline's directory", "name what the step makes: outputs \"target/app\"")),
+        Some(&(".pipe" | ".git")) => {
+            Some(("pipe's or git's own files", "name what the step makes: outputs \"target/app\""))
+        }
+        _ => None,
+    }
+}
+
 impl Parser {
     /// `cache { inputs "src/**" "Cargo.lock"; outputs "target/app" }`.
     pub(super) fn cache(&mut self, node: Node) -> Option<Cache> {
@@ -17,10 +40,8 @@ impl Parser {
                 "inputs" => inputs.extend(self.globs(child)),
                 "outputs" => {
                     for path in self.globs(child) {
-                        let escapes = path.value.starts_with('/') || path.value.split('/').any(|c| c == "..");
-                        if escapes {
-                            let help = Some("outputs are restored into the pipeline's directory".to_string());
-                            self.errs.invalid(&path.loc, "outputs", "a path outside the pipeline's directory", help);
+                        if let Some((why, help)) = bad_output(&path.value) {
+                            self.errs.invalid(&path.loc, "outputs", why, Some(help.to_string()));
                         }
                         outputs.push(path);
                     }

@@ -69,7 +69,7 @@ impl Invocation {
                 c.workdir,
                 c.memory,
                 c.cpus,
-                c.network,
+                run_network(c.network.as_deref()),
                 c.placement
             ),
             Invocation::Plugin(call) => format!(
@@ -98,6 +98,13 @@ impl Invocation {
     }
 }
 
+/// The network a container step joins, as far as the cache key goes: the
+/// run's own network for its services (`pipe-<run id>`) is new in every run,
+/// so it counts as one name; a network the pipeline names counts as itself.
+fn run_network(network: Option<&str>) -> Option<&str> {
+    network.map(|n| if n.starts_with("pipe-") { "pipe-<run>" } else { n })
+}
+
 pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &CancellationToken) -> Exit {
     match invocation {
         Invocation::Process(spec) => process::run(spec, log, cancel).await,
@@ -107,5 +114,43 @@ pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &Cancellati
         Invocation::Plugin(call) => super::plugin::run(call, log, cancel).await,
         Invocation::Deploy(run) => crate::deploy::run(run, log, cancel).await,
         Invocation::Approve(gate) => super::approve::run(gate, log, cancel).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lang::model::PullPolicy;
+    use crate::run::container::ContainerRun;
+
+    fn container(network: &str) -> Invocation {
+        Invocation::Container(Box::new(ContainerRun {
+            name: "n".into(),
+            image: "busybox".into(),
+            pull: PullPolicy::Never,
+            cmd: vec!["true".into()],
+            env: Vec::new(),
+            user: None,
+            memory: None,
+            cpus: None,
+            network: Some(network.into()),
+            workspace: "/w".into(),
+            outputs: "/o".into(),
+            workdir: "/workspace".into(),
+            labels: Default::default(),
+            placement: Vec::new(),
+            registry: None,
+            private: Vec::new(),
+        }))
+    }
+
+    /// With service sidecars a step joins the run's own network, named after
+    /// the run: such steps never hit the cache while the name was in the key.
+    #[test]
+    fn the_run_s_own_network_is_not_part_of_the_key() {
+        let fp = |n: &str| container(n).fingerprint();
+        assert_eq!(fp("pipe-20261207-1-ab"), fp("pipe-20261208-2-cd"));
+        assert_ne!(fp("none"), fp("host"));
+        assert_ne!(fp("none"), fp("pipe-20261207-1-ab"));
     }
 }

@@ -17,6 +17,10 @@ impl CacheJob {
         part(&mut h, step);
         let fingerprint = invocation.fingerprint().ok_or("this step kind is never cached")?;
         part(&mut h, &fingerprint);
+        // A new output path must miss: a hit would not restore it.
+        for output in &self.spec.outputs {
+            part(&mut h, &output.value);
+        }
         if let Some(image) = invocation.image() {
             let digest = image_digest(image).await.ok_or(format!("image {image} is not on this machine yet"))?;
             part(&mut h, &digest);

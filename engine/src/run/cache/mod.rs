@@ -289,6 +289,9 @@ mod tests {
         let added = key(process("sh", &[("A", "1")], &dir)).await;
         std::fs::rename(dir.join("src/new.rs"), dir.join("src/renamed.rs")).expect("rename");
         assert_ne!(added, key(process("sh", &[("A", "1")], &dir)).await, "a renamed input");
+        let outputs = CacheJob { spec: spec(&["src/**", "../shared/**"], &["target/new"]), ..job.clone() };
+        let inv = process("sh", &[("A", "1")], &dir);
+        assert_ne!(outputs.key("build.app", &inv).await.expect("key"), key(inv).await, "a new output path");
         let other = CacheJob { spec: spec(&["src/**"], &[]), ..job.clone() };
         assert_ne!(other.key("build.other", &process("sh", &[], &dir)).await.expect("key"), base, "the step");
     }
