@@ -229,6 +229,7 @@ fn a_killed_deploy_is_reported_then_resumed_or_rolled_back() {
     assert_eq!(refused.code, 1);
     let why = refused.step("release.web")["reason"].as_str().unwrap_or("").to_string();
     assert!(why.contains("stopped in phase `health`"), "{why}");
+    assert!(why.contains("`pipe deploy resume`") && why.contains("`pipe deploy rollback`"), "what to do: {why}");
     let resumed = pipe(&test, &["deploy", "resume"], "v2");
     assert_eq!(resumed.code, 0, "{}{}", resumed.stdout, resumed.stderr);
     assert_eq!(served(nginx.port), "v2");

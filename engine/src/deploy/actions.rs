@@ -163,7 +163,8 @@ fn unfinished(p: &Pending) -> String {
         Action::Rollback => "rollback",
     };
     format!(
-        "a {what} of {} into {} stopped in phase `{}` ({}, started {}s ago by run {})",
+        "a {what} of {} into {} stopped in phase `{}` ({}, started {}s ago by run {}): finish it with \
+         `pipe deploy resume` or undo it with `pipe deploy rollback`",
         p.to.version,
         p.to.place(),
         p.phase.name(),

@@ -46,12 +46,7 @@ pub enum DeployError {
     NotPromoted(String),
 
     #[error("{0}")]
-    #[diagnostic(
-        code(deploy::unfinished),
-        help(
-            "see it with `pipe deploy status`; finish it with `pipe deploy resume` or undo it with `pipe deploy rollback`"
-        )
-    )]
+    #[diagnostic(code(deploy::unfinished), help("see it with `pipe deploy status`"))]
     Unfinished(String),
 
     #[error("{0}")]
