@@ -21,6 +21,7 @@ mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,11 @@ pub struct StepCache {
     max_bytes: u64,
     /// A more trusted branch's cache: looked up, never written, touched or pruned.
     read_only: bool,
+    /// The cache's size as this process knows it: measured in full by the
+    /// first store (and whenever the sum passes the bound), then added to by
+    /// this process's own stores, counted as they are copied. Measuring in
+    /// full after every store read every entry N times for N stores.
+    measured: Arc<Mutex<Option<u64>>>,
 }
 
 /// What a cached run of a step left.
@@ -70,7 +76,7 @@ impl StepCache {
     pub fn open(root: &Path) -> StepCache {
         let max_bytes =
             std::env::var("PIPE_CACHE_SIZE").ok().and_then(|v| crate::lang::parse_size(&v)).unwrap_or(DEFAULT_MAX);
-        StepCache { dir: root.join(".pipe").join("cache"), max_bytes, read_only: false }
+        StepCache { dir: root.join(".pipe").join("cache"), max_bytes, read_only: false, measured: Arc::default() }
     }
 
     /// Another root's cache, to read only (`pipe watch`: a feature branch's
@@ -153,7 +159,7 @@ impl StepCache {
         self.own_dirs()?;
         let tmp = self.dir.join(format!("{}{key}-{}", usage::TMP_PREFIX, std::process::id()));
         let _ = usage::remove(&tmp);
-        let written = (|| -> Result<(), String> {
+        let written = (|| -> Result<u64, String> {
             std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
             let tree = Tree::open(&tmp).map_err(|e| format!("cannot open {}: {e}", tmp.display()))?;
             let files_dir = tree.sub(&["files".into()]).map_err(|e| format!("cannot create the entry: {e}"))?;
@@ -171,14 +177,30 @@ impl StepCache {
             std::io::Write::write_all(&mut file, &json).map_err(|e| format!("cannot write the entry: {e}"))?;
             let target = self.entry_dir(key);
             let _ = usage::remove(&target);
-            std::fs::rename(&tmp, &target).map_err(|e| format!("cannot write the cache entry: {e}"))
+            std::fs::rename(&tmp, &target).map_err(|e| format!("cannot write the cache entry: {e}"))?;
+            Ok(bytes.saturating_add(json.len() as u64))
         })();
-        if let Err(e) = written {
-            let _ = usage::remove(&tmp);
-            return Err(e);
+        match written {
+            Ok(bytes) => {
+                self.account(bytes);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = usage::remove(&tmp);
+                Err(e)
+            }
         }
-        self.evict();
-        Ok(())
+    }
+
+    /// Adds a store's bytes to the known size; measures and evicts when the
+    /// size is not known yet or the sum passes the bound. (An entry replaced
+    /// or refused is still counted: the sum errs high, toward measuring.)
+    fn account(&self, added: u64) {
+        let mut known = self.measured.lock().unwrap_or_else(PoisonError::into_inner);
+        *known = match *known {
+            Some(total) if total.saturating_add(added) <= self.max_bytes => Some(total + added),
+            _ => Some(self.evict()),
+        };
     }
 
     /// `.pipe` and `.pipe/cache` are pipe's own directories, not links to elsewhere.
@@ -207,7 +229,9 @@ impl StepCache {
         }
     }
 
-    fn evict(&self) {
+    /// Measures everything, removes the least recently used entries past the
+    /// bound; the size left.
+    fn evict(&self) -> u64 {
         let mut items = usage::scan(&self.dir);
         let mut total: u64 = items.iter().map(|i| i.bytes).sum();
         items.retain(|i| !i.in_progress);
@@ -219,6 +243,7 @@ impl StepCache {
             let _ = usage::remove(&item.path);
             total = total.saturating_sub(item.bytes);
         }
+        total
     }
 }
 
