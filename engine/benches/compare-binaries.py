@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Two `pipe` binaries side by side, alternating, on the benchmarks' pipelines:
 the 1,000-step overhead DAG (`benches/overhead.rs`), a 200-step pipeline run
-with the cache off, and its rerun with every step a cache hit (`benches/cache.rs`).
+with the cache off, its rerun with every step a cache hit (`benches/cache.rs`),
+and a run where every step misses and stores into a cache that already holds
+2,000 entries.
 Prints medians and the ratio after/before: what a change costs.
 
     python3 engine/benches/compare-binaries.py BEFORE AFTER [RUNS]
@@ -70,9 +72,16 @@ def main():
                 with open(os.path.join(d, "cache", "src", "mod", f"f{i}.txt"), "w") as f:
                     f.write("x" * 4096)
             dirs[name] = d
-        times = {(b, m): [] for b in binaries for m in ("overhead", "no-cache", "all-hits")}
-        for name, pipe in binaries.items():  # fill the caches once
-            timed([pipe, "run", "--jobs", "2"], os.path.join(dirs[name], "cache"))
+        times = {(b, m): [] for b in binaries for m in ("overhead", "no-cache", "all-hits", "stores")}
+
+        def new_inputs(d, n):
+            with open(os.path.join(d, "cache", "src", "mod", "f0.txt"), "w") as f:
+                f.write(f"{n:08}" + "x" * 4088)
+
+        for name, pipe in binaries.items():  # 2,000 entries, then the caches hold the current inputs
+            for n in range(10):
+                new_inputs(dirs[name], n)
+                timed([pipe, "run", "--jobs", "2"], os.path.join(dirs[name], "cache"))
         for _ in range(runs):
             for name, pipe in binaries.items():
                 d = dirs[name]
@@ -81,11 +90,14 @@ def main():
                 times[(name, "no-cache")].append(
                     timed([pipe, "run", "--jobs", "2", "--no-cache"], os.path.join(d, "cache")))
                 times[(name, "all-hits")].append(timed([pipe, "run", "--jobs", "2"], os.path.join(d, "cache")))
+                new_inputs(d, 100 + len(times[(name, "stores")]))
+                times[(name, "stores")].append(timed([pipe, "run", "--jobs", "2"], os.path.join(d, "cache")))
         print(f"medians of {runs}, alternating; ms")
         print(f"{'':34} {'before':>9} {'after':>9} {'after/before':>13}")
         for what, label in [("overhead", "1,000 `true` steps, 2 at a time"),
                             ("no-cache", "200 steps, --no-cache"),
-                            ("all-hits", "200 steps, every one a cache hit")]:
+                            ("all-hits", "200 steps, every one a cache hit"),
+                            ("stores", "200 misses stored, 2,000+ held")]:
             b = statistics.median(times[("before", what)]) * 1000
             a = statistics.median(times[("after", what)]) * 1000
             print(f"{label:34} {b:9.1f} {a:9.1f} {a / b:13.2f}")

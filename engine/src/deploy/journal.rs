@@ -294,19 +294,23 @@ impl Journal {
 mod tests {
     use super::*;
 
-    #[test]
-    fn updates_are_persisted_and_history_is_bounded() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journals = JournalStore::new(StateStore::open(dir.path(), "p"), "orders");
-        let release = Release {
+    fn release(version: &str) -> Release {
+        Release {
             slots: vec!["blue".into()],
-            version: "1".into(),
+            version: version.into(),
             git_sha: "abc".into(),
             run_id: "r".into(),
             step: "release.web".into(),
             since: now(),
             inputs: BTreeMap::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn updates_are_persisted_and_history_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journals = JournalStore::new(StateStore::open(dir.path(), "p"), "orders");
+        let release = release("1");
         for _ in 0..60 {
             journals.update(|j| j.record("deployed", &release, "ok")).expect("update");
         }
@@ -322,15 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journals =
             JournalStore::new(StateStore::open(dir.path(), "p"), "orders").masking(Masker::new(["s3cret-tag"]));
-        let release = Release {
-            slots: vec!["blue".into()],
-            version: "v-s3cret-tag".into(),
-            git_sha: "abc".into(),
-            run_id: "r".into(),
-            step: "release.web".into(),
-            since: now(),
-            inputs: BTreeMap::new(),
-        };
+        let release = release("v-s3cret-tag");
         journals.update(|j| j.record("failed", &release, "v-s3cret-tag did not start")).expect("update");
         let j = journals.load().expect("load");
         assert_eq!((j.history[0].version.as_str(), j.history[0].note.as_str()), ("v-***", "v-*** did not start"));

@@ -45,7 +45,7 @@ impl Boundary {
         }
         let outside = || Refusal { reason: "the path leads outside the repository".into(), help: relative.clone() };
         // Refused as written first, so nothing outside is even looked at.
-        let written = lexical(&canonical(from_dir).join(path));
+        let written = normalize(&canonical(from_dir).join(path));
         if !written.starts_with(&self.0) {
             return Err(outside());
         }
@@ -103,7 +103,7 @@ fn canonical(dir: &Path) -> PathBuf {
 }
 
 /// `a/b/../c` -> `a/c` without touching the file system.
-fn lexical(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

@@ -5,7 +5,7 @@
 //! are left out, each with the reason.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::Plan;
 
@@ -86,20 +86,7 @@ pub fn absolute_glob(dir: &Path, glob: &str) -> String {
     normalize(&dir.join(glob)).to_string_lossy().into_owned()
 }
 
-/// `a/b/../c` -> `a/c`, without touching the file system.
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
+pub use crate::lang::include_path::normalize;
 
 #[cfg(test)]
 mod tests {

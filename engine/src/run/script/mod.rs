@@ -134,12 +134,13 @@ fn refusal(r: &Reference, context: Context) -> RenderError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::lang::error::Errors;
     use crate::lang::source::{Loc, Source};
 
-    fn template(text: &str) -> Template {
+    /// `text` parsed as a template, as the parser would.
+    pub(in crate::run::script) fn template(text: &str) -> Template {
         let src = Source::new("t.kdl", "t.kdl", text);
         let loc = Loc::new(&src, (0, text.len()).into());
         let mut errs = Errors::default();

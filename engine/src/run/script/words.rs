@@ -144,18 +144,8 @@ pub fn command_line(script: &str, shell: Option<&[String]>) -> (String, Vec<Stri
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::template;
     use super::*;
-    use crate::lang::error::Errors;
-    use crate::lang::source::{Loc, Source};
-
-    fn template(text: &str) -> Template {
-        let src = Source::new("t.kdl", "t.kdl", text);
-        let loc = Loc::new(&src, (0, text.len()).into());
-        let mut errs = Errors::default();
-        let t = Template::parse(text, &loc, &mut errs);
-        assert!(errs.is_empty(), "{errs:?}");
-        t
-    }
 
     #[test]
     fn plain_commands_skip_the_shell() {
