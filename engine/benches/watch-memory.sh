@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The memory of `pipe watch` over many commits: a repository gets COMMITS new
 # commits on main, then one `pipe watch --once` runs each of them in order.
-# Prints the runs, the records kept, the wall time and the peak resident set.
+# Prints the runs, the records kept, the wall time and the peak resident set
+# (GNU time: Debian's `time` package).
 #
 #     bash engine/benches/watch-memory.sh PIPE_BINARY [COMMITS]
 set -euo pipefail
@@ -29,10 +30,10 @@ for i in $(seq "$commits"); do
     git add n
     git commit -qm "commit $i"
 done
-start=$(date +%s.%N)
+start=$(date +%s%N)
 NO_COLOR=1 CI=true /usr/bin/time -f '%M' -o "$repo/.rss" "$pipe" watch --once > "$repo/.out" 2>&1
-end=$(date +%s.%N)
+end=$(date +%s%N)
 records=$(find .pipe -path '*/runs/*' -name 'run.json' 2>/dev/null | wc -l)
-printf 'commits: %s  runs: %s  wall: %.1f s  max RSS: %s kB  run records kept: %s\n' \
-    "$commits" "$(grep -c "succeeded in" "$repo/.out" || true)" "$(echo "$end - $start" | bc)" \
+printf 'commits: %s  runs: %s  wall: %s ms  max RSS: %s kB  run records kept: %s\n' \
+    "$commits" "$(grep -c "succeeded in" "$repo/.out" || true)" "$(( (end - start) / 1000000 ))" \
     "$(cat "$repo/.rss")" "$records"
