@@ -10,7 +10,8 @@
  *
  * PORT is the port to listen on (127.0.0.1 unless BIND is set), CRASH=1
  * makes it exit at once (an instance that dies at start), START_DELAY_MS
- * makes it slow to start listening. */
+ * makes it slow to start listening, EXIT_AFTER_MS makes it exit that long
+ * after it started (an instance that dies once it serves). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -111,6 +112,16 @@ done:
     return NULL;
 }
 
+/* Exits, without a word to anyone, once the time in arg (ms) is over. */
+static void *exit_later(void *arg) {
+    long ms = (long)arg;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    fprintf(stderr, "shop %s: exiting, as EXIT_AFTER_MS asks\n", version);
+    _exit(4);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--version") == 0) {
         printf("shop %s\n", VERSION);
@@ -127,6 +138,11 @@ int main(int argc, char **argv) {
         long ms = atol(getenv("START_DELAY_MS"));
         struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
+    }
+    if (getenv("EXIT_AFTER_MS") && atol(getenv("EXIT_AFTER_MS")) > 0) {
+        pthread_t t;
+        pthread_create(&t, NULL, exit_later, (void *)atol(getenv("EXIT_AFTER_MS")));
+        pthread_detach(t);
     }
     int port = getenv("PORT") ? atoi(getenv("PORT")) : 8080;
     const char *bind_to = getenv("BIND") ? getenv("BIND") : "127.0.0.1";

@@ -16,7 +16,7 @@ use crate::support::{Output, Test};
 fn repo(traffic: &str, blue: u16, green: u16, extra: &str) -> Repo {
     let name = format!("trust{blue}");
     let instance = format!(
-        r#"instance "command" start="exec {}" {{ env {{ VERSION "${{deploy.version}}"; HEALTH "${{env.HEALTH}}"; START_DELAY_MS "${{env.DELAY}}"; ERROR_PERCENT "${{env.ERRORS}}" }} }}"#,
+        r#"instance "command" start="exec {}" {{ env {{ VERSION "${{deploy.version}}"; HEALTH "${{env.HEALTH}}"; START_DELAY_MS "${{env.DELAY}}"; ERROR_PERCENT "${{env.ERRORS}}"; EXIT_AFTER_MS "${{env.DIE}}" }} }}"#,
         shop_app().display()
     );
     let test = Test::new().pipeline(&format!(
@@ -49,7 +49,10 @@ fn nginx_traffic(nginx: &Nginx) -> String {
 }
 
 fn pipe(repo: &Repo, args: &[&str], version: &str) -> Output {
-    repo.pipe(args, &[("V", version), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", version), ("ERRORS", "0")])
+    repo.pipe(
+        args,
+        &[("V", version), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", version), ("ERRORS", "0"), ("DIE", "0")],
+    )
 }
 
 /// The deployment's journal, as pipe wrote it.
@@ -254,7 +257,14 @@ fn kill_in_phase(repo: &Repo, version: &str, delay_ms: &str, phase: &str) {
     let mut child = repo
         .command()
         .arg("run")
-        .envs([("V", version), ("HEALTH", "ok"), ("DELAY", delay_ms), ("EXPECT", version), ("ERRORS", "0")])
+        .envs([
+            ("V", version),
+            ("HEALTH", "ok"),
+            ("DELAY", delay_ms),
+            ("EXPECT", version),
+            ("ERRORS", "0"),
+            ("DIE", "0"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -309,7 +319,7 @@ fn a_probe_verdict_never_stops_a_rollback() {
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
 
     // v2 answers 500 on `/`: verify fails, the probe counts failures after the switch.
-    let bad = test.pipe(&["run"], &[("V", "v2"), ("HEALTH", "ok"), ("DELAY", "0"), ("ERRORS", "100")]);
+    let bad = test.pipe(&["run"], &[("V", "v2"), ("HEALTH", "ok"), ("DELAY", "0"), ("ERRORS", "100"), ("DIE", "0")]);
     let all = format!("{}{}", bad.stdout, bad.stderr);
     assert_eq!(bad.code, 1, "{all}");
     let why = bad.step("release.web")["reason"].as_str().unwrap_or("").to_string();
@@ -320,6 +330,32 @@ fn a_probe_verdict_never_stops_a_rollback() {
     // (Verify may also pass on old v1 answers still in flight; the probe then ends the drain.)
     assert!(why.contains("failed: the probe saw"), "the probe's verdict ended it: {why}");
     assert!(!why.contains("did not answer as expected"), "verify ran to its timeout: {why}");
+    assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
+    let j = journal(&test);
+    assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);
+    assert_eq!(j["live"]["version"], "v1", "{all}");
+}
+
+/// A v2 that exits 1.5 s after it started: healthy, switched to, verified,
+/// then dead while the old slot drains. It must not be declared live: the old
+/// slot, still running, gets the traffic back.
+#[test]
+fn an_instance_that_dies_after_the_switch_is_not_declared_live() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let test = repo(&nginx_traffic(&nginx), blue, green, "");
+    let first = pipe(&test, &["run"], "v1");
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+
+    // An idle connection to v1 holds the drain open (up to its 5 s): v2 dies in it.
+    let _held = std::net::TcpStream::connect(("127.0.0.1", blue)).expect("connect to v1");
+    let bad = test.pipe(&["run"], &[("V", "v2"), ("HEALTH", "ok"), ("DELAY", "0"), ("ERRORS", "0"), ("DIE", "1500")]);
+    let all = format!("{}{}", bad.stdout, bad.stderr);
+    assert_eq!(bad.code, 1, "a dead release is not a success: {all}");
+    assert!(!all.contains("v2 is live"), "{all}");
+    let why = bad.step("release.web")["reason"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("rolled back to v1 in slot blue"), "{why}\n{all}");
     assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
     let j = journal(&test);
     assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);

@@ -48,7 +48,7 @@ impl std::ops::Deref for Repo {
 
 impl Drop for Repo {
     fn drop(&mut self) {
-        let vars = [("V", "-"), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", "-"), ("ERRORS", "0")];
+        let vars = [("V", "-"), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", "-"), ("ERRORS", "0"), ("DIE", "0")];
         let _ = self.test.pipe(&["deploy", "stop"], &vars);
         let rt = super::docker::runtime();
         let docker = super::docker::docker(&rt);

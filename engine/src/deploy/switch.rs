@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use super::driver::{Driver, STOP_GRACE};
+use super::instance::Status;
 use super::journal::{Action, Journal, Pending, Phase, Release, now};
 use super::{DeployError, SlotRun, StrategyRun};
 use crate::plugin::contract::Backend;
@@ -105,14 +106,25 @@ impl Driver<'_> {
             self.drain(from).await?;
         }
         self.enter(Phase::Finish, "recording the release".into()).await?;
-        self.complete(p, from).await
+        self.complete(p, to, from).await
     }
 
     /// The switch is done: `to` is live; `from` is kept for a rollback, or stopped.
-    async fn complete(&mut self, p: &Pending, from: Option<&SlotRun>) -> Result<(), DeployError> {
-        // Every request from the switch to here counts: the last look at the
-        // probe comes while the old slot still runs, so a failure can still go back.
+    async fn complete(&mut self, p: &Pending, to: &SlotRun, from: Option<&SlotRun>) -> Result<(), DeployError> {
+        // Every request from the switch to here counts, and the new slot must
+        // still be running: the last look comes while the old slot still
+        // runs, so a failure can still go back.
         self.check_probe()?;
+        if p.action == Action::Deploy {
+            let group = self.group(&to.name).await?;
+            if let Status::Dead(how) = to.instance.status(group.as_ref()).await {
+                return Err(DeployError::Died {
+                    what: to.instance.describe(),
+                    how,
+                    last: to.instance.last_lines().await,
+                });
+            }
+        }
         let keep = match (p.action, from) {
             (Action::Deploy, Some(_)) if !self.d.keep_previous.is_zero() => {
                 Some(now() + self.d.keep_previous.as_secs())
