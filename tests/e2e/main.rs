@@ -15,6 +15,7 @@ mod discovery;
 mod examples;
 mod includes;
 mod injection;
+mod limits;
 mod plugins;
 mod progressive;
 mod records;

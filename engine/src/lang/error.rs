@@ -167,6 +167,14 @@ pub enum LangError {
         source: std::io::Error,
     },
 
+    #[error("{path} holds {len} bytes; a pipeline file holds at most {max}")]
+    #[diagnostic(code(lang::too_large), help("split it: one pipeline a file, shared parts in `include`d templates"))]
+    TooLarge { path: String, len: u64, max: u64 },
+
+    #[error("more than {max} problems in this file; the rest are not shown")]
+    #[diagnostic(code(lang::too_many), help("fix these first, then check again"))]
+    TooMany { max: usize },
+
     #[error("no pipeline found under {root}")]
     #[diagnostic(code(lang::no_pipeline), help("commit a pipe.kdl, pipelines/*.kdl or services/*/pipe.kdl"))]
     NoPipeline { root: String },
@@ -176,9 +184,24 @@ pub enum LangError {
 #[derive(Debug, Default)]
 pub struct Errors(pub Vec<LangError>);
 
+/// The most problems one file reports. Each diagnostic shows its place in
+/// the file, found from the start: a file of half a million wrong lines took
+/// `pipe check` hours to report every one.
+pub const MAX_ERRORS: usize = 100;
+
 impl Errors {
+    /// Keeps the first [`MAX_ERRORS`], then one line saying the rest were left out.
     pub fn push(&mut self, e: LangError) {
-        self.0.push(e);
+        match self.0.len() {
+            n if n < MAX_ERRORS => self.0.push(e),
+            MAX_ERRORS => self.0.push(LangError::TooMany { max: MAX_ERRORS }),
+            _ => {}
+        }
+    }
+
+    /// The errors of another pass, under the same bound.
+    pub fn extend(&mut self, other: Errors) {
+        other.0.into_iter().for_each(|e| self.push(e));
     }
 
     pub fn is_empty(&self) -> bool {

@@ -33,10 +33,33 @@ pub use source::{Loc, Source};
 /// `root` is the directory pipe runs for: includes stay inside the git
 /// repository holding the file, or inside `root` when there is none.
 pub fn load_file(path: &Path, name: &str, root: &Path) -> Result<Vec<Pipeline>, Errors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Errors(vec![LangError::Io { path: path.display().to_string(), source }]))?;
+    let text = read_bounded(path).map_err(|e| Errors(vec![e]))?;
     let src = Source::new(name, path, text);
     parser::parse_source(&src, Boundary::around(src.dir(), root))
+}
+
+/// The most bytes a pipeline file may hold. Real ones hold kilobytes; the
+/// parser takes about 250 bytes of memory per byte of KDL, so this keeps
+/// `pipe check` of a hostile file within a few hundred megabytes.
+pub const MAX_PIPELINE_BYTES: u64 = 1 << 20;
+
+/// A pipeline file's text, refused unread past [`MAX_PIPELINE_BYTES`] (and
+/// read no further than that if it grows while read).
+fn read_bounded(path: &Path) -> Result<String, LangError> {
+    use std::io::Read;
+    let io = |source| LangError::Io { path: path.display().to_string(), source };
+    let too_large = |len| LangError::TooLarge { path: path.display().to_string(), len, max: MAX_PIPELINE_BYTES };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > MAX_PIPELINE_BYTES {
+        return Err(too_large(len));
+    }
+    let mut text = String::new();
+    file.take(MAX_PIPELINE_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > MAX_PIPELINE_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
 }
 
 /// Parses text that is already in memory (tests, the fuzzer, `pipe check -`);

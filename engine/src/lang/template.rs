@@ -41,7 +41,7 @@ pub(super) fn include(parser: &mut Parser, node: Node, body: &mut Body) {
     let doc = match parse_kdl(&src) {
         Ok(doc) => doc,
         Err(e) => {
-            parser.errs.0.extend(e.0);
+            parser.errs.extend(e);
             return;
         }
     };

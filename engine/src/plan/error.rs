@@ -46,6 +46,31 @@ pub enum PlanError {
         help: Option<String>,
     },
 
+    #[error("pipeline `{pipeline}` has {count} {what} once matrices are expanded (at most {max})")]
+    #[diagnostic(code(plan::too_large), help("split it into pipelines, or make its matrices smaller"))]
+    TooLarge {
+        pipeline: String,
+        what: &'static str,
+        count: usize,
+        max: usize,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("this pipeline")]
+        span: SourceSpan,
+    },
+
+    #[error("step `{id}` has an id of {len} bytes; it becomes a file name, of at most {max}")]
+    #[diagnostic(code(plan::name_too_long), help("shorten the stage's or the step's name (or the matrix values)"))]
+    NameTooLong {
+        id: String,
+        len: usize,
+        max: usize,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("this step")]
+        span: SourceSpan,
+    },
+
     #[error("stage `{stage}` expands to {count} matrix instances (at most {max})")]
     #[diagnostic(code(plan::matrix_too_large))]
     MatrixTooLarge {

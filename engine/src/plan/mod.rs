@@ -5,6 +5,7 @@ mod affected;
 mod cycles;
 pub mod error;
 mod export;
+pub mod limits;
 mod planner;
 mod select;
 

@@ -22,6 +22,9 @@ pub fn plan(pipeline: &Pipeline) -> Result<Plan, Vec<PlanError>> {
     let mut p =
         Planner { p: pipeline, errs: Vec::new(), graph: DiGraph::new(), insts: Vec::new(), locs: HashMap::new() };
     p.expand();
+    if let Some(e) = super::limits::size(pipeline, p.insts.iter().map(|i| &pipeline.stages[i.stage])) {
+        return Err(vec![e]);
+    }
     p.add_steps();
     let stage_needs = p.stage_needs();
     let before = p.errs.len();
@@ -143,6 +146,7 @@ impl Planner<'_> {
     }
 
     fn add(&mut self, step: &Step, stage: &Stage, ii: usize, id: String, role: Role) -> NodeIndex {
+        self.errs.extend(super::limits::id(&id, step));
         let inst = &self.insts[ii];
         let mut when = stage.when.clone();
         when.extend(step.when.iter().cloned());
