@@ -33,7 +33,7 @@ pub use source::{Loc, Source};
 /// `root` is the directory pipe runs for: includes stay inside the git
 /// repository holding the file, or inside `root` when there is none.
 pub fn load_file(path: &Path, name: &str, root: &Path) -> Result<Vec<Pipeline>, Errors> {
-    let text = read_bounded(path).map_err(|e| Errors(vec![e]))?;
+    let text = read_bounded(path)?;
     let src = Source::new(name, path, text);
     parser::parse_source(&src, Boundary::around(src.dir(), root))
 }
@@ -45,10 +45,11 @@ pub const MAX_PIPELINE_BYTES: u64 = 1 << 20;
 
 /// A pipeline file's text, refused unread past [`MAX_PIPELINE_BYTES`] (and
 /// read no further than that if it grows while read).
-fn read_bounded(path: &Path) -> Result<String, LangError> {
+fn read_bounded(path: &Path) -> Result<String, Errors> {
     use std::io::Read;
-    let io = |source| LangError::Io { path: path.display().to_string(), source };
-    let too_large = |len| LangError::TooLarge { path: path.display().to_string(), len, max: MAX_PIPELINE_BYTES };
+    let io = |source| Errors(vec![LangError::Io { path: path.display().to_string(), source }]);
+    let too_large =
+        |len| Errors(vec![LangError::TooLarge { path: path.display().to_string(), len, max: MAX_PIPELINE_BYTES }]);
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len > MAX_PIPELINE_BYTES {
