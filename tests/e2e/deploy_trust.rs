@@ -361,3 +361,34 @@ fn an_instance_that_dies_after_the_switch_is_not_declared_live() {
     assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);
     assert_eq!(j["live"]["version"], "v1", "{all}");
 }
+
+/// The previous release is no longer kept, so a rollback starts it again:
+/// with `V=v9` in the environment it once deployed v9 ("rollback deployed
+/// the wrong version"), and with no V at all it refused. It deploys the
+/// release the journal recorded, with the environment that release read.
+#[test]
+fn a_rollback_deploys_the_recorded_release_whatever_the_environment_says() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let test = repo(&nginx_traffic(&nginx), blue, green, "");
+    for version in ["v1", "v2"] {
+        let out = pipe(&test, &["run"], version);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    }
+    // Its keep-previous time is over: v1 is stopped and must be started again.
+    let mut j = journal(&test);
+    j["kept_until"] = json!(1);
+    write_journal(&test, &j);
+
+    let back = test.pipe(&["deploy", "rollback"], &[("V", "v9")]);
+    let all = format!("{}{}", back.stdout, back.stderr);
+    assert_eq!(back.code, 0, "{all}");
+    assert_eq!(get(nginx.port, "/version").map(|v| v.trim().to_string()), Ok("v1".to_string()), "{all}");
+    assert_eq!(journal(&test)["live"]["version"], "v1", "{all}");
+
+    // And with nothing in the environment, stop still stops what runs.
+    let stop = test.pipe(&["deploy", "stop"], &[]);
+    assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
+    assert!(get(blue, "/version").is_err() && get(green, "/version").is_err(), "an instance still answers");
+}

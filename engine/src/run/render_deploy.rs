@@ -15,6 +15,10 @@ use crate::deploy::{
     PreviousRun, ProbeRun, RoleRun, SlotRun, StrategyRun, VerifyRun,
 };
 use crate::docker::docker_name;
+
+/// How a release's recorded inputs name an environment variable (`env.V`);
+/// step outputs are `stage.step.key`.
+pub(super) const ENV_INPUT: &str = "env.";
 use crate::lang::interp::{RefKind, Reference, SlotField, Template};
 use crate::lang::model::{Deploy, Instance, Role, Slot, Strategy};
 use crate::plan::PlannedStep;
@@ -306,6 +310,14 @@ impl RunContext {
                     && !self.masker.reveals(v)
                 {
                     found.insert(format!("{stage}.{name}.{key}"), v.clone());
+                }
+                // What the environment said then (`version="${env.V}"`): a
+                // rollback deploys this release, not what V says today.
+                if let RefKind::Env(name) = &r.kind
+                    && let Some(v) = self.env.get(name)
+                    && !self.masker.reveals(v)
+                {
+                    found.insert(format!("{ENV_INPUT}{name}"), v.clone());
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! A deploy step rendered outside a run, for `pipe deploy resume` and
-//! `rollback`: the run's context, with the git sha and the step outputs that
-//! the release being finished (or deployed again) recorded.
+//! `rollback`: the run's context, with the git sha, the step outputs and the
+//! environment variables that the release being finished (or deployed
+//! again) recorded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -23,6 +24,13 @@ pub async fn deploy_alone(
     let mut ctx = RunContext::prepare(plan, root, run_id, &super::Trust::default()).await?;
     if let Some(r) = release {
         ctx.git.sha = r.git_sha.clone();
+        // The environment as the release read it: rollback, resume and stop act
+        // on that release, whatever (or nothing) the variables say now.
+        for (reference, value) in &r.inputs {
+            if let Some(name) = reference.strip_prefix(super::render_deploy::ENV_INPUT).filter(|n| !n.contains('.')) {
+                ctx.env.insert(name.to_string(), value.clone());
+            }
+        }
     }
     let n = plan
         .find(step_id)
