@@ -5,31 +5,13 @@
 
 use std::process::Stdio;
 
-use crate::support::deploy::{Haproxy, LoadRun, Repo, shop_app, shop_image};
+use crate::support::deploy::{Haproxy, LoadRun, Repo, blue_green, shop_app, shop_image};
 use crate::support::docker::containers_with;
 use crate::support::servers::{Nginx, free_port, get};
-use crate::support::{Output, Test, wait_until};
+use crate::support::{Output, wait_until};
 
 fn repo(instance: &str, traffic: &str, blue: u16, green: u16, extra: &str) -> Repo {
-    let name = format!("bg{blue}");
-    let test = Test::new().pipeline(&format!(
-        r#"
-pipeline "{name}" {{
-    stage "release" {{
-        deploy "web" strategy="blue-green" version="${{env.V}}" {{
-            {instance}
-            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
-            health "http-check" path="/health" attempts=30 interval="100ms"
-            {traffic}
-            drain "10s"
-            keep-previous "10m"
-            {extra}
-        }}
-    }}
-}}
-"#
-    ));
-    Repo::new(test, name, "web")
+    blue_green(format!("bg{blue}"), instance, traffic, (blue, green), extra)
 }
 
 fn command_instance() -> String {

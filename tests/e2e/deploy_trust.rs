@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::deploy::{Repo, shop_app};
+use crate::support::deploy::{Repo, blue_green, shop_app};
 use crate::support::servers::{Nginx, free_port, get};
 use crate::support::{Output, Test};
 
@@ -19,24 +19,7 @@ fn repo(traffic: &str, blue: u16, green: u16, extra: &str) -> Repo {
         r#"instance "command" start="exec {}" {{ env {{ VERSION "${{deploy.version}}"; HEALTH "${{env.HEALTH}}"; START_DELAY_MS "${{env.DELAY}}"; ERROR_PERCENT "${{env.ERRORS}}"; EXIT_AFTER_MS "${{env.DIE}}" }} }}"#,
         shop_app().display()
     );
-    let test = Test::new().pipeline(&format!(
-        r#"
-pipeline "{name}" {{
-    stage "release" {{
-        deploy "web" strategy="blue-green" version="${{env.V}}" {{
-            {instance}
-            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
-            health "http-check" path="/health" attempts=30 interval="100ms"
-            {traffic}
-            drain "5s"
-            keep-previous "10m"
-            {extra}
-        }}
-    }}
-}}
-"#
-    ));
-    Repo::new(test, name, "web")
+    blue_green(name, &instance, traffic, (blue, green), extra)
 }
 
 fn nginx_traffic(nginx: &Nginx) -> String {

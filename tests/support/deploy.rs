@@ -59,6 +59,31 @@ impl Drop for Repo {
     }
 }
 
+/// A repository whose pipeline `name` deploys `web` blue-green (version
+/// `${env.V}`) into slots blue and green on `ports`, with `instance`,
+/// `traffic` and `extra` nodes as given.
+pub fn blue_green(name: String, instance: &str, traffic: &str, ports: (u16, u16), extra: &str) -> Repo {
+    let (blue, green) = ports;
+    let test = Test::new().pipeline(&format!(
+        r#"
+pipeline "{name}" {{
+    stage "release" {{
+        deploy "web" strategy="blue-green" version="${{env.V}}" {{
+            {instance}
+            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
+            health "http-check" path="/health" attempts=30 interval="100ms"
+            {traffic}
+            drain "10s"
+            keep-previous "10m"
+            {extra}
+        }}
+    }}
+}}
+"#
+    ));
+    Repo::new(test, name, "web")
+}
+
 /// The shop binary, statically linked (it also runs alone in a `FROM scratch` image).
 pub fn shop_app() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
