@@ -21,15 +21,6 @@ fn command_instance() -> String {
     )
 }
 
-fn nginx_traffic(nginx: &Nginx) -> String {
-    format!(
-        r#"traffic "nginx-switch" file="{}/app.inc" upstream="app" test="{}" reload="{}""#,
-        nginx.prefix.display(),
-        nginx.args("test"),
-        nginx.args("reload")
-    )
-}
-
 /// Runs `pipe` in the repository with the deploy variables set.
 fn pipe(repo: &Repo, args: &[&str], version: &str) -> Output {
     repo.pipe(args, &[("V", version), ("HEALTH", "ok"), ("DELAY", "0"), ("EXPECT", version)])
@@ -59,7 +50,7 @@ fn nginx_promotes_v1_v2_v3_with_no_failed_request_under_load() {
     let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
     let probe = format!(r#"probe url="http://127.0.0.1:{}/" rate=100"#, nginx.port);
     let verify = format!(r#"verify url="http://127.0.0.1:{}/version" body-contains="${{deploy.version}}""#, nginx.port);
-    let test = repo(&command_instance(), &nginx_traffic(&nginx), blue, green, &format!("{verify}\n{probe}"));
+    let test = repo(&command_instance(), &nginx.traffic(), blue, green, &format!("{verify}\n{probe}"));
     let first = pipe(&test, &["run"], "v1");
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
     assert_eq!(served(nginx.port), "v1");
@@ -127,7 +118,7 @@ fn a_new_version_that_fails_its_health_check_never_gets_traffic() {
     let (blue, green) = (free_port(), free_port());
     let prefix = tempfile::tempdir().expect("prefix");
     let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
-    let test = repo(&command_instance(), &nginx_traffic(&nginx), blue, green, "");
+    let test = repo(&command_instance(), &nginx.traffic(), blue, green, "");
     assert_eq!(pipe(&test, &["run"], "v1").code, 0);
     let load = LoadRun::hey(&format!("http://127.0.0.1:{}/", nginx.port), 200, 3);
     let sick = test.pipe(&["run"], &[("V", "v2"), ("HEALTH", "fail"), ("DELAY", "0")]);
@@ -151,7 +142,7 @@ fn a_failure_after_the_switch_rolls_back_with_no_failed_request() {
         nginx.port
     );
     let probe = format!(r#"probe url="http://127.0.0.1:{}/" rate=100"#, nginx.port);
-    let test = repo(&command_instance(), &nginx_traffic(&nginx), blue, green, &format!("{verify}\n{probe}"));
+    let test = repo(&command_instance(), &nginx.traffic(), blue, green, &format!("{verify}\n{probe}"));
     let first = pipe(&test, &["run"], "v1");
     assert_eq!(first.code, 0, "{}", first.stdout);
     let load = LoadRun::hey(&format!("http://127.0.0.1:{}/", nginx.port), 300, 6);
@@ -195,7 +186,7 @@ fn a_killed_deploy_is_reported_then_resumed_or_rolled_back() {
     let prefix = tempfile::tempdir().expect("prefix");
     let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
     let verify = format!(r#"verify url="http://127.0.0.1:{}/version" body-contains="${{deploy.version}}""#, nginx.port);
-    let test = repo(&command_instance(), &nginx_traffic(&nginx), blue, green, &verify);
+    let test = repo(&command_instance(), &nginx.traffic(), blue, green, &verify);
     assert_eq!(pipe(&test, &["run"], "v1").code, 0);
 
     // Killed while checking a slow-starting v2: the journal says so, a new
@@ -239,7 +230,7 @@ fn an_instance_that_dies_at_start_is_reported_with_its_last_lines() {
         r#"instance "docker" image="{}" pull="never" port=8080 {{ env {{ VERSION "${{deploy.version}}"; BIND "0.0.0.0"; CRASH "1" }} }}"#,
         image.tag
     );
-    let test = repo(&instance, &nginx_traffic(&nginx), blue, green, "");
+    let test = repo(&instance, &nginx.traffic(), blue, green, "");
     let out = pipe(&test, &["run"], "v1");
     assert_eq!(out.code, 1, "{}", out.stdout);
     let why = out.step("release.web")["reason"].as_str().unwrap_or("").to_string();
@@ -253,7 +244,7 @@ fn two_deploys_of_one_target_never_overlap() {
     let (blue, green) = (free_port(), free_port());
     let prefix = tempfile::tempdir().expect("prefix");
     let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
-    let test = repo(&command_instance(), &nginx_traffic(&nginx), blue, green, "");
+    let test = repo(&command_instance(), &nginx.traffic(), blue, green, "");
     assert_eq!(pipe(&test, &["run"], "v1").code, 0);
     let mut slow = test
         .command()

@@ -22,15 +22,6 @@ fn repo(traffic: &str, blue: u16, green: u16, extra: &str) -> Repo {
     blue_green(name, &instance, traffic, (blue, green), extra)
 }
 
-fn nginx_traffic(nginx: &Nginx) -> String {
-    format!(
-        r#"traffic "nginx-switch" file="{}/app.inc" upstream="app" test="{}" reload="{}""#,
-        nginx.prefix.display(),
-        nginx.args("test"),
-        nginx.args("reload")
-    )
-}
-
 fn pipe(repo: &Repo, args: &[&str], version: &str) -> Output {
     repo.pipe(
         args,
@@ -52,7 +43,7 @@ fn live_v1() -> Live {
     let (blue, green) = (free_port(), free_port());
     let prefix = tempfile::tempdir().expect("prefix");
     let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
-    let test = repo(&nginx_traffic(&nginx), blue, green, "");
+    let test = repo(&nginx.traffic(), blue, green, "");
     let first = pipe(&test, &["run"], "v1");
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
     Live { nginx, test, blue, green, _prefix: prefix }
@@ -225,7 +216,7 @@ pipeline "{name}" {{
 }}
 "#,
             image.tag,
-            nginx_traffic(&nginx)
+            nginx.traffic()
         )),
         name.clone(),
         "web",
@@ -307,7 +298,7 @@ fn a_probe_verdict_never_stops_a_rollback() {
            probe url="http://127.0.0.1:{0}/" rate=100 max-failures=0"#,
         nginx.port
     );
-    let test = repo(&nginx_traffic(&nginx), blue, green, &extra);
+    let test = repo(&nginx.traffic(), blue, green, &extra);
     let first = pipe(&test, &["run"], "v1");
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
 

@@ -128,6 +128,17 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// The `traffic` node that switches this nginx: the nginx-switch plugin
+    /// writing `app.inc` in its prefix, testing and reloading it.
+    pub fn traffic(&self) -> String {
+        format!(
+            r#"traffic "nginx-switch" file="{}/app.inc" upstream="app" test="{}" reload="{}""#,
+            self.prefix.display(),
+            self.args("test"),
+            self.args("reload")
+        )
+    }
+
     pub fn start(prefix: &Path, first_backend: &str) -> Nginx {
         let nginx = which("nginx").expect("nginx is not installed: `bash .ci/setup` installs it");
         let port = free_port();
