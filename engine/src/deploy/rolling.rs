@@ -128,28 +128,12 @@ impl Driver<'_> {
             )
             .await?;
             p.phase = Phase::Health;
-            for slot in &starting {
-                let group = self.group(&slot.name).await?;
-                let note = self
-                    .d
-                    .health
-                    .wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel)
-                    .await?;
-                self.note(format!("slot {}: {note}", slot.name));
-            }
+            self.check_each(&starting, "").await?;
         }
         if p.phase == Phase::Switch {
             // Resumed at the switch: whatever the journal says, the new
             // instances are checked now, before they get traffic.
-            for slot in &starting {
-                let group = self.group(&slot.name).await?;
-                let note = self
-                    .d
-                    .health
-                    .wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel)
-                    .await?;
-                self.note(format!("slot {} (checked again before the switch): {note}", slot.name));
-            }
+            self.check_each(&starting, " (checked again before the switch)").await?;
         }
         if p.phase <= Phase::Switch {
             let what = format!("adding {} to the traffic", if starting.is_empty() { "nothing" } else { "them" });
@@ -195,6 +179,20 @@ impl Driver<'_> {
     }
 
     /// Tells the switch: `new` and `old` slots take traffic, except `leaving` (weight 0).
+    /// Health-checks each of `slots` in turn, noting how each answered.
+    async fn check_each(&mut self, slots: &[&SlotRun], when: &str) -> Result<(), DeployError> {
+        for slot in slots {
+            let group = self.group(&slot.name).await?;
+            let note = self
+                .d
+                .health
+                .wait_healthy(&slot.address(), &slot.instance, group.as_ref(), self.log, self.cancel)
+                .await?;
+            self.note(format!("slot {}{when}: {note}", slot.name));
+        }
+        Ok(())
+    }
+
     async fn route_fleet(&self, new: &[String], old: &[String], leaving: &[String]) -> Result<String, DeployError> {
         let mut backends = Vec::new();
         for name in new.iter().chain(old) {
