@@ -11,6 +11,7 @@ pub mod cli;
 pub mod deploy;
 pub mod docker;
 pub mod event;
+pub mod identity;
 pub mod lang;
 pub mod plan;
 pub mod plugin;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::signers::NAMESPACE;
 use super::sshsig::{self, Payload, question_hash};
 use super::{Decision, Waiting, dir, file_stem, now};
-use crate::docker::Identity;
+use crate::identity::Identity;
 use crate::state::atomic::write_atomic;
 
 /// Keys tried, in order, when `--key` is not given (as ssh does).

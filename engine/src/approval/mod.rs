@@ -27,7 +27,7 @@ pub use decide::{decide, shown, waiting};
 use signers::{AllowedSigners, NAMESPACE};
 use sshsig::{Payload, question_hash};
 
-use crate::docker::Identity;
+use crate::identity::Identity;
 use crate::state::{StateError, atomic::write_atomic};
 
 /// How often a waiting gate looks for a decision.

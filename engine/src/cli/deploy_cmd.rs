@@ -215,7 +215,7 @@ pub fn describe(j: &Journal) -> Vec<String> {
     }
     match &j.pending {
         Some(p) => {
-            let alive = p.boot == crate::docker::Identity::current().boot
+            let alive = p.boot == crate::identity::Identity::current().boot
                 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), None).is_ok();
             let into = if p.to.slots.is_empty() { String::new() } else { format!(" into {}", p.to.place()) };
             let (state, next) =

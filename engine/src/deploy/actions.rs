@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{Driver, STOP_GRACE};
 use super::journal::{Action, Pending, Release, now};
 use super::{DeployError, DeployRun, Report, StrategyRun};
-use crate::docker::Identity;
+use crate::identity::Identity;
 use crate::state::RunLock;
 use crate::step::StepLog;
 

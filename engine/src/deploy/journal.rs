@@ -155,7 +155,7 @@ impl Pending {
             to,
             started: now(),
             pid: std::process::id(),
-            boot: crate::docker::Identity::current().boot.clone(),
+            boot: crate::identity::Identity::current().boot.clone(),
             run_id: run_id.to_string(),
             reason,
             step: 0,

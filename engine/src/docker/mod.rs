@@ -5,7 +5,6 @@
 mod build;
 mod error;
 mod gc;
-mod identity;
 mod ignore;
 mod image;
 mod logs;
@@ -16,10 +15,10 @@ use std::collections::HashMap;
 use bollard::Docker;
 use tokio::sync::OnceCell;
 
+pub use crate::identity::Identity;
 pub use build::build;
 pub use error::DockerError;
 pub use gc::collect_garbage;
-pub use identity::Identity;
 pub use ignore::DockerIgnore;
 pub use image::{ensure_image, split_tag};
 pub use logs::{lines, pump, tail};

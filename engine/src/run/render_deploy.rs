@@ -189,7 +189,7 @@ impl RunContext {
                 let labels = [
                     ("pipe.deploy", format!("{}/{}", self.pipeline, d.name)),
                     (crate::deploy::CHECKOUT_LABEL, crate::deploy::checkout_id(&self.root)),
-                    ("pipe.uid", crate::docker::Identity::current().uid.clone()),
+                    ("pipe.uid", crate::identity::Identity::current().uid.clone()),
                     ("pipe.pipeline", self.pipeline.clone()),
                     ("pipe.slot", slot.name.clone()),
                     ("pipe.version", version.to_string()),

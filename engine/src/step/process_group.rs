@@ -1,6 +1,6 @@
 //! A process group pipe started, with what proves it is still that group
 //! before anything is signalled: the boot and PID namespace it was started in
-//! (as containers carry them, `docker::Identity`) and its leader's start time.
+//! (as containers carry them, `identity::Identity`) and its leader's start time.
 //! A group id read back from `.pipe/` may be stale (a reboot, a reused pid) or
 //! written by someone else (group 1 is `kill(-1)`): pipe signals it only when
 //! that identity matches now.
@@ -8,7 +8,7 @@
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::docker::Identity;
+use crate::identity::Identity;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Recorded")]
