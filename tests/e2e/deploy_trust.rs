@@ -49,6 +49,15 @@ fn live_v1() -> Live {
     Live { nginx, test, blue, green, _prefix: prefix }
 }
 
+/// After a failed v2: nginx serves v1, the journal says v1 is live and nothing is pending.
+#[track_caller]
+fn back_on_v1(nginx: &Nginx, repo: &Repo, all: &str) {
+    assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
+    let j = journal(repo);
+    assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);
+    assert_eq!(j["live"]["version"], "v1", "{all}");
+}
+
 /// The deployment's journal, as pipe wrote it.
 fn journal(repo: &Repo) -> Value {
     let state: Value = serde_json::from_slice(&std::fs::read(repo.state_file()).expect("state")).expect("state json");
@@ -314,10 +323,7 @@ fn a_probe_verdict_never_stops_a_rollback() {
     // (Verify may also pass on old v1 answers still in flight; the probe then ends the drain.)
     assert!(why.contains("failed: the probe saw"), "the probe's verdict ended it: {why}");
     assert!(!why.contains("did not answer as expected"), "verify ran to its timeout: {why}");
-    assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
-    let j = journal(&test);
-    assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);
-    assert_eq!(j["live"]["version"], "v1", "{all}");
+    back_on_v1(&nginx, &test, &all);
 }
 
 /// A v2 that exits 1.5 s after it started: healthy, switched to, verified,
@@ -335,10 +341,7 @@ fn an_instance_that_dies_after_the_switch_is_not_declared_live() {
     assert!(!all.contains("v2 is live"), "{all}");
     let why = bad.step("release.web")["reason"].as_str().unwrap_or("").to_string();
     assert!(why.contains("rolled back to v1 in slot blue"), "{why}\n{all}");
-    assert_eq!(get(nginx.port, "/").map(|v| v.trim().to_string()), Ok("shop v1".to_string()), "{all}");
-    let j = journal(&test);
-    assert!(j["pending"].is_null(), "nothing is left pending: {}", j["pending"]);
-    assert_eq!(j["live"]["version"], "v1", "{all}");
+    back_on_v1(&nginx, &test, &all);
 }
 
 /// The previous release is no longer kept, so a rollback starts it again:

@@ -8,8 +8,9 @@
 //! never git's or pipe's own (`include ".secrets.env"` would show a secret
 //! in the parse error).
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+
+use super::bounded::{ReadError, read_text};
 
 /// The most bytes an included template may hold.
 pub const MAX_INCLUDE_BYTES: u64 = 1 << 20;
@@ -76,23 +77,12 @@ impl Boundary {
             reason: format!("the file holds {len} bytes; an included file holds at most {MAX_INCLUDE_BYTES}"),
             help: Some("split the template, or include fewer of them in one file".into()),
         };
-        let opened = std::fs::File::open(&file).and_then(|f| Ok((f.metadata()?, f)));
-        let (meta, f) = opened.map_err(|e| Refusal { reason: format!("{e} ({})", file.display()), help: None })?;
-        if !meta.is_file() {
-            return Err(Refusal { reason: "not a regular file".into(), help: relative });
-        }
-        if meta.len() > MAX_INCLUDE_BYTES {
-            return Err(too_big(meta.len()));
-        }
-        let mut bytes = Vec::new();
-        f.take(MAX_INCLUDE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Refusal { reason: format!("{e} ({})", file.display()), help: None })?;
-        if bytes.len() as u64 > MAX_INCLUDE_BYTES {
-            return Err(too_big(bytes.len() as u64));
-        }
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Refusal { reason: "the file is not UTF-8 text".into(), help: None })?;
+        let text = read_text(&file, MAX_INCLUDE_BYTES).map_err(|e| match e {
+            ReadError::Io(e) => Refusal { reason: format!("{e} ({})", file.display()), help: None },
+            ReadError::NotAFile => Refusal { reason: "not a regular file".into(), help: relative.clone() },
+            ReadError::TooLarge(len) => too_big(len),
+            ReadError::NotUtf8 => Refusal { reason: "the file is not UTF-8 text".into(), help: None },
+        })?;
         Ok((file, text))
     }
 }

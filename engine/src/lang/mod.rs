@@ -3,6 +3,7 @@
 
 mod approvers;
 mod blocks;
+mod bounded;
 mod container;
 mod deploy;
 mod deploy_parts;
@@ -23,6 +24,7 @@ mod template;
 use std::path::Path;
 use std::sync::Arc;
 
+use bounded::ReadError;
 pub use error::{Errors, LangError};
 use include_path::Boundary;
 pub use model::Pipeline;
@@ -43,24 +45,18 @@ pub fn load_file(path: &Path, name: &str, root: &Path) -> Result<Vec<Pipeline>, 
 /// `pipe check` of a hostile file within a few hundred megabytes.
 pub const MAX_PIPELINE_BYTES: u64 = 1 << 20;
 
-/// A pipeline file's text, refused unread past [`MAX_PIPELINE_BYTES`] (and
-/// read no further than that if it grows while read).
+/// A pipeline file's text, refused unread past [`MAX_PIPELINE_BYTES`].
 fn read_bounded(path: &Path) -> Result<String, Errors> {
-    use std::io::Read;
-    let io = |source| Errors(vec![LangError::Io { path: path.display().to_string(), source }]);
-    let too_large =
-        |len| Errors(vec![LangError::TooLarge { path: path.display().to_string(), len, max: MAX_PIPELINE_BYTES }]);
-    let file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > MAX_PIPELINE_BYTES {
-        return Err(too_large(len));
-    }
-    let mut text = String::new();
-    file.take(MAX_PIPELINE_BYTES + 1).read_to_string(&mut text).map_err(io)?;
-    if text.len() as u64 > MAX_PIPELINE_BYTES {
-        return Err(too_large(text.len() as u64));
-    }
-    Ok(text)
+    let shown = path.display().to_string();
+    let io = |source| LangError::Io { path: shown.clone(), source };
+    bounded::read_text(path, MAX_PIPELINE_BYTES).map_err(|e| {
+        Errors(vec![match e {
+            ReadError::Io(source) => io(source),
+            ReadError::NotAFile => io(std::io::Error::other("not a regular file")),
+            ReadError::NotUtf8 => io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")),
+            ReadError::TooLarge(len) => LangError::TooLarge { path: shown.clone(), len, max: MAX_PIPELINE_BYTES },
+        }])
+    })
 }
 
 /// Parses text that is already in memory (tests, the fuzzer, `pipe check -`);
