@@ -3,7 +3,7 @@
 //! environment variables that the release being finished (or deployed
 //! again) recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use super::context::{RunContext, View};
@@ -11,6 +11,7 @@ use super::executor::Invocation;
 use super::{RenderError, RunError};
 use crate::deploy::DeployRun;
 use crate::deploy::journal::Release;
+use crate::lang::interp::RefKind;
 use crate::plan::Plan;
 use crate::state::StepRecord;
 
@@ -22,19 +23,16 @@ pub async fn deploy_alone(
 ) -> Result<DeployRun, RunError> {
     let run_id = format!("deploy-{}", super::new_run_id(std::time::SystemTime::now(), std::process::id()));
     let mut ctx = RunContext::prepare(plan, root, run_id, &super::Trust::default()).await?;
+    let n = plan
+        .find(step_id)
+        .ok_or_else(|| RenderError { reference: step_id.to_string(), reason: "no such step".into() })?;
     if let Some(r) = release {
         ctx.git.sha = r.git_sha.clone();
         // The environment as the release read it: rollback, resume and stop act
         // on that release, whatever (or nothing) the variables say now.
-        for (reference, value) in &r.inputs {
-            if let Some(name) = reference.strip_prefix(super::render_deploy::ENV_INPUT).filter(|n| !n.contains('.')) {
-                ctx.env.insert(name.to_string(), value.clone());
-            }
-        }
+        let read = env_refs(&plan.graph[n]);
+        ctx.env.extend(recorded_env(&r.inputs, &read).map(|(k, v)| (k.to_string(), v.to_string())));
     }
-    let n = plan
-        .find(step_id)
-        .ok_or_else(|| RenderError { reference: step_id.to_string(), reason: "no such step".into() })?;
     // The outputs of earlier steps, as the release recorded them (`stage.step.key`).
     let ids: HashMap<String, usize> =
         plan.graph.node_indices().map(|i| (plan.graph[i].id.clone(), i.index())).collect();
@@ -55,5 +53,51 @@ pub async fn deploy_alone(
             Ok(*run)
         }
         _ => Err(RenderError { reference: step_id.to_string(), reason: "is not a deploy step".into() }.into()),
+    }
+}
+
+/// The `${env.NAME}` names a step reads.
+fn env_refs(step: &crate::plan::PlannedStep) -> BTreeSet<String> {
+    let mut step = step.clone();
+    crate::plan::templates_mut(&mut step)
+        .into_iter()
+        .flat_map(|(t, _)| {
+            t.refs()
+                .filter_map(|r| match &r.kind {
+                    RefKind::Env(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The recorded environment values of `inputs`, of the names the step reads
+/// and no others: a journal is read back, and a forged `env.NAME` of a name
+/// the step does not reference must not reach its plugins' granted
+/// environment or its conditions.
+fn recorded_env<'a>(
+    inputs: &'a BTreeMap<String, String>,
+    read: &'a BTreeSet<String>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    inputs.iter().filter_map(move |(reference, value)| {
+        let name = reference.strip_prefix(super::render_deploy::ENV_INPUT)?;
+        read.contains(name).then_some((name, value.as_str()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_recorded_values_of_names_the_step_reads_are_taken() {
+        let inputs: BTreeMap<String, String> =
+            [("env.V", "v1"), ("env.PLUGIN_TOKEN", "forged"), ("build.app.image", "img"), ("env.stage.step.key", "x")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let read: BTreeSet<String> = ["V".to_string()].into();
+        assert_eq!(recorded_env(&inputs, &read).collect::<Vec<_>>(), [("V", "v1")]);
     }
 }
