@@ -46,3 +46,27 @@ impl RunLock {
         Ok(RunLock { _file: file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lock file is pipe's state and a step can rewrite it: a refusal
+    /// shows its holder line bounded and without control characters (no
+    /// cleared screen, no forged line).
+    #[test]
+    fn a_forged_holder_line_is_shown_bounded_and_as_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = RunLock::acquire(dir.path(), "p", "run-1", false).expect("first");
+        let path = dir.path().join(".pipe/locks/p.lock");
+        std::fs::write(&path, format!("\u{1b}[2J\r✓ deployed\n{}", "x".repeat(100_000))).expect("forge");
+        let Err(StateError::Locked { holder, .. }) = RunLock::acquire(dir.path(), "p", "run-2", false) else {
+            panic!("a held lock was taken twice");
+        };
+        assert!(!holder.contains(|c: char| c.is_control()), "{holder:?}");
+        assert!(holder.len() < 300, "{} bytes", holder.len());
+        assert!(holder.contains("[2J✓ deployed"), "{holder:?}");
+        drop(held);
+        assert!(RunLock::acquire(dir.path(), "p", "run-3", false).is_ok(), "released with its holder");
+    }
+}
