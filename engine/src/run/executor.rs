@@ -69,7 +69,7 @@ impl Invocation {
                 c.workdir,
                 c.memory,
                 c.cpus,
-                run_network(c.network.as_deref()),
+                key_network(c, matches!(self, Invocation::SwarmJob(_))),
                 c.placement
             ),
             Invocation::Plugin(call) => format!(
@@ -99,10 +99,14 @@ impl Invocation {
 }
 
 /// The network a container step joins, as far as the cache key goes: the
-/// run's own network for its services (`pipe-<run id>`) is new in every run,
-/// so it counts as one name; a network the pipeline names counts as itself.
-fn run_network(network: Option<&str>) -> Option<&str> {
-    network.map(|n| if n.starts_with("pipe-") { "pipe-<run>" } else { n })
+/// run's own network for its services is named after the run, new in every
+/// run, so it counts as one name; a network the pipeline names counts as itself.
+fn key_network(c: &ContainerRun, swarm: bool) -> Option<&str> {
+    let run_id = c.env.iter().find(|(k, _)| k == "PIPE_RUN_ID").map(|(_, v)| v.as_str());
+    c.network.as_deref().map(|n| match run_id {
+        Some(id) if n == super::services::network_name(id, swarm) => "<the run's network>",
+        _ => n,
+    })
 }
 
 pub async fn execute(invocation: &Invocation, log: &StepLog, cancel: &CancellationToken) -> Exit {
@@ -123,13 +127,13 @@ mod tests {
     use crate::lang::model::PullPolicy;
     use crate::run::container::ContainerRun;
 
-    fn container(network: &str) -> Invocation {
+    fn container(run: &str, network: &str) -> Invocation {
         Invocation::Container(Box::new(ContainerRun {
             name: "n".into(),
             image: "busybox".into(),
             pull: PullPolicy::Never,
             cmd: vec!["true".into()],
-            env: Vec::new(),
+            env: vec![("PIPE_RUN_ID".into(), run.into())],
             user: None,
             memory: None,
             cpus: None,
@@ -148,9 +152,9 @@ mod tests {
     /// the run: such steps never hit the cache while the name was in the key.
     #[test]
     fn the_run_s_own_network_is_not_part_of_the_key() {
-        let fp = |n: &str| container(n).fingerprint();
-        assert_eq!(fp("pipe-20261207-1-ab"), fp("pipe-20261208-2-cd"));
-        assert_ne!(fp("none"), fp("host"));
-        assert_ne!(fp("none"), fp("pipe-20261207-1-ab"));
+        let fp = |run: &str, network: &str| container(run, network).fingerprint();
+        assert_eq!(fp("run-1", "pipe-run-1"), fp("run-2", "pipe-run-2"));
+        assert_ne!(fp("run-1", "none"), fp("run-1", "host"));
+        assert_ne!(fp("run-1", "pipe-run-1"), fp("run-1", "pipe-other"), "a network the pipeline names");
     }
 }

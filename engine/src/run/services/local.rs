@@ -26,7 +26,7 @@ impl Local {
     /// Starts every service and waits until each is healthy. On failure, what was
     /// started is removed again before the error returns.
     pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<Local, RunError> {
-        let network = format!("pipe-{}", docker_name(&ctx.run_id));
+        let network = super::network_name(&ctx.run_id, false);
         let request = NetworkCreateRequest {
             name: network.clone(),
             labels: Some(labels(&ctx.run_id, &ctx.pipeline, ("pipe.service", "network"))),

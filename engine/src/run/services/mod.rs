@@ -13,6 +13,13 @@ use super::RunError;
 use super::context::RunContext;
 use crate::lang::model::Service;
 
+/// The network a run's services (and its container steps) share: named
+/// after the run, as a swarm overlay under DNS label rules.
+pub fn network_name(run_id: &str, swarm: bool) -> String {
+    let name = format!("pipe-{run_id}");
+    if swarm { crate::run::swarm::dns_label(&name) } else { crate::docker::docker_name(&name) }
+}
+
 pub enum Services {
     Local(local::Local),
     Swarm(swarm::OnSwarm),

@@ -26,7 +26,7 @@ pub struct OnSwarm {
 
 impl OnSwarm {
     pub async fn start(docker: &Docker, ctx: &RunContext, services: &[Service]) -> Result<OnSwarm, RunError> {
-        let network = crate::run::swarm::dns_label(&format!("pipe-{}", ctx.run_id));
+        let network = super::network_name(&ctx.run_id, true);
         let request = NetworkCreateRequest {
             name: network.clone(),
             driver: Some("overlay".into()),
