@@ -322,3 +322,36 @@ fn an_unreachable_docker_engine_is_one_clear_error_before_any_step() {
     assert!(out.stderr.contains("start the Docker Engine, or point DOCKER_HOST at one"), "{}", out.stderr);
     assert!(!out.exists("ran"), "no step started");
 }
+
+/// A container step of a pipeline with services joins the run's own network,
+/// named after the run: with that name in the cache key it never hit.
+#[test]
+fn a_container_step_beside_a_service_hits_the_cache_on_the_next_run() {
+    let image = Image::busybox();
+    let name = unique("ctr-svc-cache");
+    let test = Test::new().file("src/a.txt", "a").pipeline(&format!(
+        r#"
+pipeline "{name}" {{
+    service "web" image="{tag}" pull="never" {{
+        cmd "mkdir -p /www && echo pong > /www/ping && httpd -f -p 8080 -h /www"
+        health-cmd "wget -q -O- http://127.0.0.1:8080/ping" timeout="20s"
+        port 8080
+    }}
+    stage "s" {{
+        container image="{tag}" pull="never"
+        step "call" {{
+            run "wget -q -O out.txt http://web:8080/ping"
+            cache {{ inputs "src/**"; outputs "out.txt" }}
+        }}
+    }}
+}}
+"#,
+        tag = image.tag
+    ));
+    let first = test.pipe(&["run", "--format", "json"], &[]);
+    assert_eq!(first.status("s.call"), "succeeded", "{}{}", first.stdout, first.stderr);
+    let second = test.pipe(&["run", "--format", "json"], &[]);
+    assert_eq!(second.step("s.call")["details"]["cache"]["hit"], true, "{}", second.stdout);
+    assert_eq!(second.read("out.txt").trim(), "pong");
+    assert!(containers_with("pipe.pipeline", &name).is_empty(), "no container is left behind");
+}
