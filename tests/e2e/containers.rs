@@ -232,6 +232,17 @@ pipeline "{name}" {{
     assert!(containers_with("pipe.pipeline", &name).is_empty());
 }
 
+/// A service `web` in busybox answering `pong` on http://web:8080/ping.
+fn web_service(tag: &str) -> String {
+    format!(
+        r#"service "web" image="{tag}" pull="never" {{
+        cmd "mkdir -p /www && echo pong > /www/ping && httpd -f -p 8080 -h /www"
+        health-cmd "wget -q -O- http://127.0.0.1:8080/ping" timeout="20s"
+        port 8080
+    }}"#
+    )
+}
+
 #[test]
 fn a_service_is_reachable_by_name_and_removed_after_the_run() {
     let image = Image::busybox();
@@ -240,18 +251,15 @@ fn a_service_is_reachable_by_name_and_removed_after_the_run() {
         .pipeline(&format!(
             r#"
 pipeline "{name}" {{
-    service "web" image="{tag}" pull="never" {{
-        cmd "mkdir -p /www && echo pong > /www/ping && httpd -f -p 8080 -h /www"
-        health-cmd "wget -q -O- http://127.0.0.1:8080/ping" timeout="20s"
-        port 8080
-    }}
+    {web}
     stage "s" {{
         container image="{tag}" pull="never"
         step "call" {{ run "wget -q -O- http://web:8080/ping" }}
     }}
 }}
 "#,
-            tag = image.tag
+            tag = image.tag,
+            web = web_service(&image.tag)
         ))
         .args(&["run"])
         .expect(0);
@@ -332,11 +340,7 @@ fn a_container_step_beside_a_service_hits_the_cache_on_the_next_run() {
     let test = Test::new().file("src/a.txt", "a").pipeline(&format!(
         r#"
 pipeline "{name}" {{
-    service "web" image="{tag}" pull="never" {{
-        cmd "mkdir -p /www && echo pong > /www/ping && httpd -f -p 8080 -h /www"
-        health-cmd "wget -q -O- http://127.0.0.1:8080/ping" timeout="20s"
-        port 8080
-    }}
+    {web}
     stage "s" {{
         container image="{tag}" pull="never"
         step "call" {{
@@ -346,7 +350,8 @@ pipeline "{name}" {{
     }}
 }}
 "#,
-        tag = image.tag
+        tag = image.tag,
+        web = web_service(&image.tag)
     ));
     let first = test.pipe(&["run", "--format", "json"], &[]);
     assert_eq!(first.status("s.call"), "succeeded", "{}{}", first.stdout, first.stderr);
