@@ -60,14 +60,14 @@ pub enum DeployCommand {
 
 pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 {
     let project = Project::load(root, file);
-    let (pipeline, deploy_name, action) = match &command {
-        DeployCommand::Status { pipeline, .. } => (pipeline, &None, "status"),
-        DeployCommand::Resume { pipeline, deploy } => (pipeline, deploy, "resume"),
-        DeployCommand::Rollback { pipeline, deploy } => (pipeline, deploy, "rollback"),
-        DeployCommand::History { pipeline, deploy } => (pipeline, deploy, "history"),
-        DeployCommand::Stop { pipeline, deploy } => (pipeline, deploy, "stop"),
-        DeployCommand::Promote { pipeline, deploy, .. } => (pipeline, deploy, "promote"),
-        DeployCommand::Abort { pipeline, deploy, .. } => (pipeline, deploy, "abort"),
+    let (pipeline, deploy_name) = match &command {
+        DeployCommand::Status { pipeline, .. } => (pipeline, &None),
+        DeployCommand::Resume { pipeline, deploy }
+        | DeployCommand::Rollback { pipeline, deploy }
+        | DeployCommand::History { pipeline, deploy }
+        | DeployCommand::Stop { pipeline, deploy }
+        | DeployCommand::Promote { pipeline, deploy, .. }
+        | DeployCommand::Abort { pipeline, deploy, .. } => (pipeline, deploy),
     };
     let loaded = match with_deploys(&project, pipeline.as_deref()) {
         Ok(l) => l,
@@ -85,27 +85,55 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: DeployCommand) -> u8 
         }
     }
     let store = StateStore::open(root, &plan.pipeline);
-    match command {
-        DeployCommand::Status { format, .. } => status(&plan.pipeline, &deploys, &store, format),
+    match &command {
+        DeployCommand::Status { format, .. } => status(&plan.pipeline, &deploys, &store, *format),
         DeployCommand::History { .. } => match pick(&deploys, deploy_name.as_deref()) {
             Ok((_, name)) => history(name, &store),
             Err(code) => code,
         },
-        DeployCommand::Promote { .. } | DeployCommand::Abort { .. } => {
-            let (reason, key) = match &command {
-                DeployCommand::Abort { reason, key, .. } => (reason.clone(), key.clone()),
-                DeployCommand::Promote { key, .. } => (None, key.clone()),
-                _ => (None, None),
-            };
-            match pick(&deploys, deploy_name.as_deref()) {
-                Ok((_, name)) => decide(root, name, &store, (action == "promote", reason), key.as_deref()),
-                Err(code) => code,
-            }
-        }
-        _ => match pick(&deploys, deploy_name.as_deref()) {
-            Ok((step, name)) => act(root, loaded, step, name, &store, action),
+        DeployCommand::Promote { key, .. } => match pick(&deploys, deploy_name.as_deref()) {
+            Ok((_, name)) => decide(root, name, &store, (true, None), key.as_deref()),
             Err(code) => code,
         },
+        DeployCommand::Abort { reason, key, .. } => match pick(&deploys, deploy_name.as_deref()) {
+            Ok((_, name)) => decide(root, name, &store, (false, reason.clone()), key.as_deref()),
+            Err(code) => code,
+        },
+        DeployCommand::Resume { .. } => act_on(root, loaded, &deploys, deploy_name.as_deref(), &store, Act::Resume),
+        DeployCommand::Rollback { .. } => act_on(root, loaded, &deploys, deploy_name.as_deref(), &store, Act::Rollback),
+        DeployCommand::Stop { .. } => act_on(root, loaded, &deploys, deploy_name.as_deref(), &store, Act::Stop),
+    }
+}
+
+/// What a person asks of a deployment that runs it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Resume,
+    Rollback,
+    Stop,
+}
+
+impl Act {
+    fn name(self) -> &'static str {
+        match self {
+            Act::Resume => "resume",
+            Act::Rollback => "rollback",
+            Act::Stop => "stop",
+        }
+    }
+}
+
+fn act_on(
+    root: &Path,
+    loaded: &Loaded,
+    deploys: &[(String, String)],
+    name: Option<&str>,
+    store: &StateStore,
+    what: Act,
+) -> u8 {
+    match pick(deploys, name) {
+        Ok((step, name)) => act(root, loaded, step, name, store, what),
+        Err(code) => code,
     }
 }
 
@@ -322,7 +350,7 @@ fn history(name: &str, store: &StateStore) -> u8 {
     exit::OK
 }
 
-fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore, action: &str) -> u8 {
+fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore, what: Act) -> u8 {
     let Ok(plan) = &loaded.plan else { return exit::INVALID };
     let journal = match JournalStore::new(store.clone(), name).load() {
         Ok(j) => j,
@@ -333,8 +361,8 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
     };
     // Which release the deployment is rendered for: the one in progress, the
     // previous one (a rollback that deploys it again), or the live one.
-    let redeploy = action == "rollback" && journal.pending.is_none() && !journal.previous_kept();
-    if action == "rollback" && journal.pending.is_none() && journal.previous.is_none() {
+    let redeploy = what == Act::Rollback && journal.pending.is_none() && !journal.previous_kept();
+    if what == Act::Rollback && journal.pending.is_none() && journal.previous.is_none() {
         eprintln!("error: `{name}` has no previous release to go back to");
         return exit::FAILED;
     }
@@ -370,7 +398,7 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
         };
         let dir = root.join(".pipe/deploy").join(crate::state::file_safe(&plan.pipeline));
         let _ = std::fs::create_dir_all(&dir);
-        let log = StepLog::new(dir.join(format!("{name}.{action}.log")), name, events, Default::default());
+        let log = StepLog::new(dir.join(format!("{name}.{}.log", what.name())), name, events, Default::default());
         let cancel = CancellationToken::new();
         let printing = async {
             while let Some(e) = rx.recv().await {
@@ -380,16 +408,19 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
             }
         };
         let acting = async {
-            let (result, report): (Result<(), deploy::DeployError>, Report) = match (action, redeploy) {
-                ("resume", _) => deploy::resume(&run, &log, &cancel).await,
-                ("stop", _) => {
+            let (result, report): (Result<(), deploy::DeployError>, Report) = match (what, redeploy) {
+                (Act::Resume, _) => deploy::resume(&run, &log, &cancel).await,
+                (Act::Stop, _) => {
                     let stopped = deploy::stop(&run, &log).await;
-                    let report =
-                        Report { outcome: "stopped".into(), version: run.version.clone(), ..Report::default() };
+                    let report = Report {
+                        outcome: deploy::DeployOutcome::Stopped,
+                        version: run.version.clone(),
+                        ..Report::default()
+                    };
                     (stopped, report)
                 }
-                ("rollback", false) => deploy::rollback(&run, &log, &cancel).await,
-                _ => {
+                (Act::Rollback, false) => deploy::rollback(&run, &log, &cancel).await,
+                (Act::Rollback, true) => {
                     log.note(&format!("the previous release is no longer running: deploying {} again", run.version));
                     deploy::redeploy(&run, &log, &cancel).await
                 }

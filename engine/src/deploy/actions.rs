@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{Driver, STOP_GRACE};
 use super::journal::{Action, Pending, Release, now};
-use super::{DeployError, DeployRun, Report, StrategyRun};
+use super::{DeployError, DeployOutcome, DeployRun, Report, StrategyRun};
 use crate::identity::Identity;
 use crate::state::RunLock;
 use crate::step::StepLog;
@@ -134,7 +134,7 @@ pub async fn stop_all(d: &DeployRun, log: &StepLog) -> Result<(), DeployError> {
     }
     s.journal(|j| {
         if let Some(live) = j.live.take() {
-            j.record("stopped", &live, "pipe deploy stop");
+            j.record(DeployOutcome::Stopped, &live, "pipe deploy stop");
         }
         j.previous = None;
         j.kept_until = None;

@@ -114,19 +114,15 @@ pub fn judge(
     let mut passed = Vec::new();
     let mut unmeasured = Vec::new();
     for metric in metrics {
+        let latency = |v: Option<f64>| (v, v.map(ms).unwrap_or_default(), ms(metric.max));
         let (value, shown, limit) = match metric.kind {
             MetricKind::ErrorRate => {
                 let rate = c.errors as f64 / c.requests as f64;
                 (Some(rate), format!("{} ({} of {})", percent(rate), c.errors, c.requests), percent(metric.max))
             }
-            kind => {
-                let v = match kind {
-                    MetricKind::P50 => c.p50_ms,
-                    MetricKind::P90 => c.p90_ms,
-                    _ => c.p99_ms,
-                };
-                (v, v.map(ms).unwrap_or_default(), ms(metric.max))
-            }
+            MetricKind::P50 => latency(c.p50_ms),
+            MetricKind::P90 => latency(c.p90_ms),
+            MetricKind::P99 => latency(c.p99_ms),
         };
         match value {
             None => unmeasured.push(metric.kind.name()),

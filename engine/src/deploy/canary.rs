@@ -8,12 +8,11 @@
 use std::time::{Duration, Instant};
 
 use super::analysis::{Outcome, unix_ms};
-use super::driver::Driver;
+use super::driver::{Driver, Share};
 use super::journal::{Pending, Phase, Verdict};
 use super::{CanaryRun, DeployError, SlotRun};
 use crate::approval::{self, Gate};
 use crate::lang::model::{CanaryStep, OnNoData};
-use crate::plugin::contract::Backend;
 
 impl Driver<'_> {
     /// Moves the traffic step by step, from the step the journal recorded.
@@ -45,9 +44,9 @@ impl Driver<'_> {
             );
             self.enter_as(Phase::Switch, format!("weight {w}"), what).await?;
             self.switch_started.get_or_insert_with(Instant::now);
-            let backends =
-                [Backend { address: to.address(), weight: w }, Backend { address: from.address(), weight: 100 - w }];
-            let note = self.d.traffic.route(&backends, self.log, self.cancel).await?;
+            let shares =
+                [Share { slot: to, weight: w, required: true }, Share { slot: from, weight: 100 - w, required: false }];
+            let note = self.route(&shares).await?;
             self.note(note);
             let label = format!("step {}/{count}", i + 1);
             let details = vec![("weight".to_string(), format!("{w}%")), ("step".to_string(), label.clone())];

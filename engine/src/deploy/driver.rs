@@ -6,13 +6,23 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::instance::Status;
 use super::journal::{Action, Journal, Pending, Phase, Release};
 use super::probe::Probe;
-use super::{DeployError, DeployRun, PhaseReport, Report, SlotRun, StrategyRun};
+use super::{DeployError, DeployOutcome, DeployRun, PhaseReport, Report, SlotRun, StrategyRun};
+use crate::plugin::contract::Backend;
 use crate::step::StepLog;
 
 /// Time a stopped instance gets to finish its requests.
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A slot's share of the traffic in a route: `required` for the release
+/// traffic moves to, not for the one it leaves.
+pub(super) struct Share<'s> {
+    pub(super) slot: &'s SlotRun,
+    pub(super) weight: u32,
+    pub(super) required: bool,
+}
 
 pub(super) struct Driver<'a> {
     pub(super) d: &'a DeployRun,
@@ -35,7 +45,7 @@ impl<'a> Driver<'a> {
         let report = Report {
             strategy: d.strategy.name().into(),
             version: d.version.clone(),
-            outcome: "failed".into(),
+            outcome: DeployOutcome::Failed,
             ..Report::default()
         };
         Driver {
@@ -153,7 +163,7 @@ impl<'a> Driver<'a> {
         }
         let forward = match &self.d.strategy {
             StrategyRun::Rolling(r) => self.roll(&pending, *r).await,
-            _ => self.forward(&pending).await,
+            StrategyRun::BlueGreen | StrategyRun::Canary(_) => self.forward(&pending).await,
         };
         match forward {
             Ok(()) => {
@@ -170,7 +180,7 @@ impl<'a> Driver<'a> {
                 Ok(())
             }
             Err(DeployError::Cancelled) => {
-                self.report.outcome = "interrupted".into();
+                self.report.outcome = DeployOutcome::Interrupted;
                 self.log.note("interrupted: the journal keeps the phase; `pipe deploy resume` or `rollback` ends it");
                 Err(DeployError::Cancelled)
             }
@@ -199,7 +209,7 @@ impl<'a> Driver<'a> {
                         )))
                     }
                 };
-                let kind = if self.report.outcome == "rolled-back" { "rolled-back" } else { "failed" };
+                let kind = if self.report.outcome == DeployOutcome::RolledBack { "rolled-back" } else { "failed" };
                 let message = failed.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
                 self.notify(kind, message, self.numbers()).await;
                 failed
@@ -211,7 +221,7 @@ impl<'a> Driver<'a> {
     pub(super) async fn undo(&mut self, p: Pending, reason: String) -> Result<String, DeployError> {
         match &self.d.strategy {
             StrategyRun::Rolling(r) => self.roll_back(p, *r, reason).await,
-            _ => self.switch_back(p, reason).await,
+            StrategyRun::BlueGreen | StrategyRun::Canary(_) => self.switch_back(p, reason).await,
         }
     }
 
@@ -221,7 +231,7 @@ impl<'a> Driver<'a> {
         self.journal(move |j| {
             j.pending = None;
             j.live = Some(release.clone());
-            j.record("failed", &release, why);
+            j.record(DeployOutcome::Failed, &release, why);
         })
         .await
     }
@@ -248,6 +258,73 @@ impl<'a> Driver<'a> {
         };
         self.note(note);
         self.check_probe()
+    }
+
+    /// Tells the traffic switch where traffic goes, after checking every slot
+    /// that is to take some: traffic never goes to a slot that is not
+    /// healthy now. A slot of the release being left that fails its check
+    /// takes no traffic (a dead old instance is a reason to replace it, not
+    /// to stop); one of the release being moved to fails the route.
+    pub(super) async fn route(&mut self, shares: &[Share<'_>]) -> Result<String, DeployError> {
+        let mut backends: Vec<Backend> = Vec::new();
+        for share in shares {
+            let mut weight = share.weight;
+            if weight > 0 {
+                let slot = share.slot;
+                let group = self.group(&slot.name).await?;
+                let address = slot.address();
+                match self.d.health.wait_healthy(&address, &slot.instance, group.as_ref(), self.log, self.cancel).await
+                {
+                    Ok(_) => {}
+                    Err(e) if share.required || matches!(e, DeployError::Cancelled) => return Err(e),
+                    Err(e) => {
+                        self.note(format!("slot {} is not healthy, it takes no traffic: {e}", slot.name));
+                        weight = 0;
+                    }
+                }
+            }
+            if !backends.iter().any(|b| b.address == share.slot.address()) {
+                backends.push(Backend { address: share.slot.address(), weight });
+            }
+        }
+        if backends.iter().all(|b| b.weight == 0) {
+            return Err(DeployError::Refused(
+                "no slot that is to take traffic is healthy: traffic stays where it is".into(),
+            ));
+        }
+        self.d.traffic.route(&backends, self.log, self.cancel).await
+    }
+
+    /// Makes sure `slot` runs `version` before traffic goes back to it: an
+    /// instance that is gone (a reboot), or that may have been told to stop
+    /// (pipe killed while finishing), is started again as its release was
+    /// rendered. One that cannot be rendered is left to its health check.
+    pub(super) async fn revive(
+        &mut self,
+        slot: &SlotRun,
+        version: &str,
+        maybe_stopping: bool,
+    ) -> Result<(), DeployError> {
+        let Ok(instance) = self.d.instance_for(slot, version) else { return Ok(()) };
+        let group = self.group(&slot.name).await?;
+        let why = match instance.status(group.as_ref()).await {
+            Status::Dead(how) => how,
+            Status::Running if maybe_stopping => "it may have been told to stop".into(),
+            Status::Running => return Ok(()),
+        };
+        self.note(format!("slot {} ({version}): {why}; starting it again", slot.name));
+        // A group that is not provably pipe's is reported, not signalled.
+        if let Err(e) = instance.stop(group.as_ref(), STOP_GRACE).await {
+            self.note(format!("could not stop slot {}: {e}", slot.name));
+        }
+        let group = instance.start(self.log, self.cancel).await?;
+        let name = slot.name.clone();
+        self.journal(move |j| match group {
+            Some(g) => j.groups.insert(name, g),
+            None => j.groups.remove(&name),
+        })
+        .await?;
+        Ok(())
     }
 
     /// `deploy.<name>/live-slot`, `live-version`, `live-port`, `live-addresses`:

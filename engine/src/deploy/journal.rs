@@ -273,10 +273,10 @@ impl JournalStore {
 }
 
 impl Journal {
-    pub fn record(&mut self, outcome: &str, release: &Release, note: impl Into<String>) {
+    pub fn record(&mut self, outcome: super::DeployOutcome, release: &Release, note: impl Into<String>) {
         self.history.push(Entry {
             at: now(),
-            outcome: outcome.to_string(),
+            outcome: outcome.name().to_string(),
             version: release.version.clone(),
             slot: release.slots.join(", "),
             run_id: release.run_id.clone(),
@@ -312,7 +312,7 @@ mod tests {
         let journals = JournalStore::new(StateStore::open(dir.path(), "p"), "orders");
         let release = release("1");
         for _ in 0..60 {
-            journals.update(|j| j.record("deployed", &release, "ok")).expect("update");
+            journals.update(|j| j.record(super::super::DeployOutcome::Deployed, &release, "ok")).expect("update");
         }
         journals.update(|j| j.live = Some(release.clone())).expect("update");
         let j = journals.load().expect("load");
@@ -327,7 +327,7 @@ mod tests {
         let journals =
             JournalStore::new(StateStore::open(dir.path(), "p"), "orders").masking(Masker::new(["s3cret-tag"]));
         let release = release("v-s3cret-tag");
-        journals.update(|j| j.record("failed", &release, "v-s3cret-tag did not start")).expect("update");
+        journals.update(|j| j.record(DeployOutcome::Failed, &release, "v-s3cret-tag did not start")).expect("update");
         let j = journals.load().expect("load");
         assert_eq!((j.history[0].version.as_str(), j.history[0].note.as_str()), ("v-***", "v-*** did not start"));
         let text = std::fs::read_dir(dir.path().join(".pipe/state"))

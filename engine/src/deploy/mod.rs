@@ -11,6 +11,7 @@
 mod actions;
 mod analysis;
 mod canary;
+mod command_instance;
 mod drain;
 mod driver;
 mod error;
@@ -22,6 +23,8 @@ mod probe;
 mod roles;
 mod rolling;
 mod switch;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -32,12 +35,13 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use analysis::AnalysisRun;
+pub use command_instance::CommandInstance;
 pub use error::DeployError;
-pub use instance::{CHECKOUT_LABEL, CommandInstance, DockerInstance, InstanceRun, checkout_id};
+pub use instance::{CHECKOUT_LABEL, DockerInstance, Instance, InstanceRun, Status, checkout_id};
 pub use journal::{Journal, JournalStore, Verdict};
 pub use notify::NotifyRun;
 pub use probe::ProbeReport;
-pub use roles::RoleRun;
+pub use roles::{PluginRole, Role, RoleRun};
 pub use verify::VerifyRun;
 
 use crate::lang::model::{CanaryStep, Rolling};
@@ -154,8 +158,7 @@ pub struct ProbeRun {
 pub struct Report {
     pub strategy: String,
     pub version: String,
-    /// `deployed`, `rolled-back`, `failed`, `interrupted`.
-    pub outcome: String,
+    pub outcome: DeployOutcome,
     /// The slot(s) of the new version, comma-separated.
     pub slot: String,
     pub from: Option<String>,
@@ -171,6 +174,37 @@ pub struct Report {
     /// What the engine itself spent beyond the configured waits (pauses,
     /// drains): per rolling batch or canary step, in milliseconds.
     pub overhead_ms: Vec<f64>,
+}
+
+/// How a deployment (or a command acting on one) ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployOutcome {
+    Deployed,
+    RolledBack,
+    #[default]
+    Failed,
+    /// pipe was stopped: the journal keeps the phase for `resume` or `rollback`.
+    Interrupted,
+    Stopped,
+}
+
+impl DeployOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeployOutcome::Deployed => "deployed",
+            DeployOutcome::RolledBack => "rolled-back",
+            DeployOutcome::Failed => "failed",
+            DeployOutcome::Interrupted => "interrupted",
+            DeployOutcome::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for DeployOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -36,7 +36,7 @@ impl Driver<'_> {
             // A notification outlives a cancelled deployment: people must hear of it.
             let own = tokio_util::sync::CancellationToken::new();
             if let Err(e) = n.role.notify(event.clone(), self.log, &own).await {
-                self.log.note(&format!("  notify {} ({kind}) failed: {e}", n.role.plugin.label()));
+                self.log.note(&format!("  notify {} ({kind}) failed: {e}", n.role.label()));
             }
         }
     }

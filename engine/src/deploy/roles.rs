@@ -23,30 +23,43 @@ const MEASURE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A notification must not hold a deployment up.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A role as a deployment calls it: the seam between the deploy driver and
+/// the plugin host (the driver's unit tests put in-process fakes behind it).
+#[async_trait::async_trait]
+pub trait Role: Send + Sync {
+    /// The plugin's name and version, for messages.
+    fn label(&self) -> String;
+
+    /// One call; `net` is an address the call may connect to besides the
+    /// role's grants (the instance a health check looks at).
+    async fn call(
+        &self,
+        call: Call,
+        net: Option<&str>,
+        log: &StepLog,
+        cancel: &CancellationToken,
+    ) -> Result<Reply, String>;
+}
+
 /// A plugin in a role, its settings and grants rendered.
-#[derive(Clone)]
-pub struct RoleRun {
+pub struct PluginRole {
     pub plugin: Arc<Prepared>,
     pub config: Vec<(String, String)>,
     pub granted: Granted,
     pub state: PluginState,
     pub workdir: PathBuf,
-    pub attempts: u32,
-    pub interval: Duration,
 }
 
-impl std::fmt::Debug for RoleRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoleRun").field("plugin", &self.plugin.label()).field("config", &self.config).finish()
+#[async_trait::async_trait]
+impl Role for PluginRole {
+    fn label(&self) -> String {
+        self.plugin.label()
     }
-}
 
-impl RoleRun {
     async fn call(
         &self,
         call: Call,
         net: Option<&str>,
-        timeout: Duration,
         log: &StepLog,
         cancel: &CancellationToken,
     ) -> Result<Reply, String> {
@@ -63,18 +76,49 @@ impl RoleRun {
             workdir: self.workdir.clone(),
             output_file: None,
         });
-        let bounded = cancel.child_token();
-        let outcome = tokio::select! {
-            o = host.call(run, log, &bounded) => o,
-            () = tokio::time::sleep(timeout) => {
-                bounded.cancel();
-                return Err(format!("{} did not answer within {}s", self.plugin.label(), timeout.as_secs()));
-            }
-        };
-        outcome.result.map_err(|f| match f {
+        host.call(run, log, cancel).await.result.map_err(|f| match f {
             Failure::Failed(m) | Failure::Broke(m) => m,
             Failure::Cancelled => "cancelled".into(),
         })
+    }
+}
+
+/// A role with how often a health check is repeated.
+#[derive(Clone)]
+pub struct RoleRun {
+    pub role: Arc<dyn Role>,
+    pub attempts: u32,
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for RoleRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleRun").field("role", &self.role.label()).finish()
+    }
+}
+
+impl RoleRun {
+    pub fn label(&self) -> String {
+        self.role.label()
+    }
+
+    /// One call, bounded by `timeout`.
+    async fn call(
+        &self,
+        call: Call,
+        net: Option<&str>,
+        timeout: Duration,
+        log: &StepLog,
+        cancel: &CancellationToken,
+    ) -> Result<Reply, String> {
+        let bounded = cancel.child_token();
+        tokio::select! {
+            r = self.role.call(call, net, log, &bounded) => r,
+            () = tokio::time::sleep(timeout) => {
+                bounded.cancel();
+                Err(format!("{} did not answer within {}s", self.role.label(), timeout.as_secs()))
+            }
+        }
     }
 
     /// Checks `address` until the plugin says it is healthy (at most
@@ -138,7 +182,7 @@ impl RoleRun {
     ) -> Result<Measurement, String> {
         match self.call(Call::Measure(window), None, MEASURE_TIMEOUT, log, cancel).await? {
             Reply::Measured(m) => Ok(m),
-            _ => Err(format!("{} answered no measurement", self.plugin.label())),
+            _ => Err(format!("{} answered no measurement", self.role.label())),
         }
     }
 

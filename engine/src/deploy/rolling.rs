@@ -12,16 +12,20 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use super::driver::{Driver, STOP_GRACE};
+use super::driver::{Driver, STOP_GRACE, Share};
 use super::journal::{Action, Batch, Pending, Phase, Release, now};
-use super::{DeployError, SlotRun};
+use super::{DeployError, DeployOutcome, SlotRun};
 use crate::lang::model::Rolling;
-use crate::plugin::contract::Backend;
 
 impl Driver<'_> {
     /// Carries a rolling deployment (or its rollback) forward to its end.
     pub(super) async fn roll(&mut self, p: &Pending, r: Rolling) -> Result<(), DeployError> {
         let mut p = p.clone();
+        // Members that died (a reboot) are started again before anything moves.
+        for name in p.to.slots.clone() {
+            let slot = self.slot(&name)?;
+            self.revive(slot, &p.to.version, false).await?;
+        }
         loop {
             let idle = p.batch.starting.is_empty() && p.batch.retiring.is_empty();
             if idle && !self.next_batch(&mut p, r).await? {
@@ -45,11 +49,11 @@ impl Driver<'_> {
             match p2.action {
                 Action::Deploy => {
                     j.previous = p2.from.clone();
-                    j.record("deployed", &to, "");
+                    j.record(DeployOutcome::Deployed, &to, "");
                 }
                 Action::Rollback => {
                     j.previous = None;
-                    j.record("rolled-back", &to, p2.reason.clone().unwrap_or_default());
+                    j.record(DeployOutcome::RolledBack, &to, p2.reason.clone().unwrap_or_default());
                 }
             }
             j.kept_until = None;
@@ -61,8 +65,8 @@ impl Driver<'_> {
         self.close_phase();
         self.report.slot = p.to.slots.join(", ");
         self.report.outcome = match p.action {
-            Action::Deploy => "deployed".into(),
-            Action::Rollback => "rolled-back".into(),
+            Action::Deploy => DeployOutcome::Deployed,
+            Action::Rollback => DeployOutcome::RolledBack,
         };
         self.log.note(&format!("✓ {} is live in {serving}", p.to.version));
         Ok(())
@@ -178,7 +182,6 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Tells the switch: `new` and `old` slots take traffic, except `leaving` (weight 0).
     /// Health-checks each of `slots` in turn, noting how each answered.
     async fn check_each(&mut self, slots: &[&SlotRun], when: &str) -> Result<(), DeployError> {
         for slot in slots {
@@ -193,45 +196,60 @@ impl Driver<'_> {
         Ok(())
     }
 
-    async fn route_fleet(&self, new: &[String], old: &[String], leaving: &[String]) -> Result<String, DeployError> {
-        let mut backends = Vec::new();
-        for name in new.iter().chain(old) {
-            let slot = self.slot(name)?;
+    /// Tells the switch: `new` and `old` slots take traffic, except `leaving` (weight 0).
+    async fn route_fleet(&mut self, new: &[String], old: &[String], leaving: &[String]) -> Result<String, DeployError> {
+        let mut shares = Vec::new();
+        for (name, required) in new.iter().map(|n| (n, true)).chain(old.iter().map(|n| (n, false))) {
             let weight = u32::from(!leaving.contains(name));
-            if !backends.iter().any(|b: &Backend| b.address == slot.address()) {
-                backends.push(Backend { address: slot.address(), weight });
-            }
+            shares.push(Share { slot: self.slot(name)?, weight, required });
         }
-        self.d.traffic.route(&backends, self.log, self.cancel).await
+        self.route(&shares).await
     }
 
     /// Undoes a failed rolling deployment: what never took traffic is
     /// stopped; what did is replaced by the old version, batch by batch.
     pub(super) async fn roll_back(&mut self, p: Pending, r: Rolling, reason: String) -> Result<String, DeployError> {
         self.report.reason = Some(reason.clone());
-        // New instances that never took traffic (or may not have) just stop.
+        // New instances of the batch in progress, which may already take
+        // traffic once the switch was reached: out of the traffic, then stopped.
         let untried: Vec<String> = p.batch.starting.clone();
-        for name in &untried {
-            let slot = self.slot(name)?;
-            let _ = slot.instance.stop(self.group(name).await?.as_ref(), STOP_GRACE).await;
-        }
-        // Old instances on their way out are not counted on: they stop too.
-        for name in &p.batch.retiring {
-            let slot = self.slot(name)?;
-            let _ = slot.instance.stop(self.group(name).await?.as_ref(), STOP_GRACE).await;
-        }
+        // Old instances leave the traffic only in the drain: before it they
+        // still serve, and stay.
+        let retired: Vec<String> = if p.phase >= Phase::Drain { p.batch.retiring.clone() } else { Vec::new() };
         let old = p.from.clone().map(|mut f| {
-            f.slots.retain(|s| !p.batch.retiring.contains(s));
+            f.slots.retain(|s| !retired.contains(s));
             f
         });
+        // What is gone back to serves on; gone with a reboot, it is started again.
+        if let Some(old) = &old {
+            for name in &old.slots {
+                let slot = self.slot(name)?;
+                self.revive(slot, &old.version, false).await?;
+            }
+        }
+        if p.phase == Phase::Switch && !untried.is_empty() {
+            let serving: Vec<String> = old.iter().flat_map(|o| o.slots.clone()).chain(p.to.slots.clone()).collect();
+            let shares: Vec<Share> = serving
+                .iter()
+                .map(|n| Ok(Share { slot: self.slot(n)?, weight: 1, required: false }))
+                .collect::<Result<_, DeployError>>()?;
+            if !shares.is_empty() {
+                let note = self.route(&shares).await?;
+                self.note(note);
+            }
+        }
+        for name in untried.iter().chain(&retired) {
+            let slot = self.slot(name)?;
+            let _ = slot.instance.stop(self.group(name).await?.as_ref(), STOP_GRACE).await;
+        }
         if p.to.slots.is_empty() {
             let (release, why) = (p.to.clone(), reason.clone());
             self.journal(move |j| {
                 j.pending = None;
-                untried.iter().for_each(|s| {
+                untried.iter().chain(&retired).for_each(|s| {
                     j.groups.remove(s);
                 });
-                j.record("failed", &release, why);
+                j.record(DeployOutcome::Failed, &release, why);
             })
             .await?;
             return Ok("traffic never moved: the new instances were stopped".into());
@@ -250,7 +268,7 @@ impl Driver<'_> {
         self.rolling_back = true;
         self.undoing = true;
         self.roll(&rollback, r).await?;
-        self.report.outcome = "rolled-back".into();
+        self.report.outcome = DeployOutcome::RolledBack;
         Ok(format!("rolled back to {} in {}", old.version, self.report.slot))
     }
 }

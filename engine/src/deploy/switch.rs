@@ -14,11 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::driver::{Driver, STOP_GRACE};
+use super::driver::{Driver, STOP_GRACE, Share};
 use super::instance::Status;
 use super::journal::{Action, Journal, Pending, Phase, Release, now};
-use super::{DeployError, SlotRun, StrategyRun};
-use crate::plugin::contract::Backend;
+use super::{DeployError, DeployOutcome, SlotRun, StrategyRun};
 
 impl Driver<'_> {
     /// Blue-green and canary: carries a pending switch between two slots
@@ -80,9 +79,9 @@ impl Driver<'_> {
                 _ => {
                     self.enter(Phase::Switch, format!("sending traffic to slot {}", to.name)).await?;
                     self.switch_started = Some(Instant::now());
-                    let mut backends = vec![Backend { address: to.address(), weight: 1 }];
-                    backends.extend(from.map(|f| Backend { address: f.address(), weight: 0 }));
-                    let note = self.d.traffic.route(&backends, self.log, self.cancel).await?;
+                    let mut shares = vec![Share { slot: to, weight: 1, required: true }];
+                    shares.extend(from.map(|f| Share { slot: f, weight: 0, required: false }));
+                    let note = self.route(&shares).await?;
                     self.note(note);
                 }
             }
@@ -144,12 +143,12 @@ impl Driver<'_> {
                 Action::Deploy => {
                     j.previous = p2.from.clone();
                     j.kept_until = keep;
-                    j.record("deployed", &to, "");
+                    j.record(DeployOutcome::Deployed, &to, "");
                 }
                 Action::Rollback => {
                     j.previous = None;
                     j.kept_until = None;
-                    j.record("rolled-back", &to, p2.reason.clone().unwrap_or_default());
+                    j.record(DeployOutcome::RolledBack, &to, p2.reason.clone().unwrap_or_default());
                 }
             }
             if p2.action == Action::Rollback
@@ -166,8 +165,8 @@ impl Driver<'_> {
         self.write_facts().await?;
         self.close_phase();
         self.report.outcome = match p.action {
-            Action::Deploy => "deployed".into(),
-            Action::Rollback => "rolled-back".into(),
+            Action::Deploy => DeployOutcome::Deployed,
+            Action::Rollback => DeployOutcome::RolledBack,
         };
         let kept = match (keep, from) {
             (Some(until), Some(f)) => format!("; slot {} kept for a rollback until {}", f.name, clock(until)),
@@ -187,11 +186,15 @@ impl Driver<'_> {
             if p.action == Action::Deploy {
                 let _ = to.instance.stop(group.as_ref(), STOP_GRACE).await;
             }
+            // What served before serves on; gone with a reboot, it is started again.
+            if let Some(from) = &p.from {
+                self.revive(self.slot(from.slot())?, &from.version, false).await?;
+            }
             let (release, why) = (p.to.clone(), reason.clone());
             self.journal(move |j| {
                 j.pending = None;
                 j.groups.remove(release.slot());
-                j.record("failed", &release, why);
+                j.record(DeployOutcome::Failed, &release, why);
             })
             .await?;
             self.report.reason = Some(format!("{reason}; traffic never moved"));
@@ -220,6 +223,9 @@ impl Driver<'_> {
         self.rolling_back = true;
         self.undoing = true;
         let back_slot = self.slot(back.slot())?;
+        // Killed while finishing, pipe may have told the old slot to stop.
+        let told_to_stop = p.phase == Phase::Finish && self.d.keep_previous.is_zero();
+        self.revive(back_slot, &back.version, told_to_stop).await?;
         let back_group = self.group(back.slot()).await?;
         // Never send traffic to a slot that is not healthy, in a rollback too.
         self.enter(
@@ -243,7 +249,7 @@ impl Driver<'_> {
             self.journal(move |j| {
                 j.pending = None;
                 j.live = Some(bad.clone());
-                j.record("failed", &bad, why);
+                j.record(DeployOutcome::Failed, &bad, why);
             })
             .await?;
             let left = if new_ok {
@@ -259,7 +265,7 @@ impl Driver<'_> {
         // The old slot keeps no `from` to drain from its own point of view: it
         // is the new slot that drains and stops.
         self.forward(&Pending { phase: Phase::Switch, ..rollback.clone() }).await?;
-        self.report.outcome = "rolled-back".into();
+        self.report.outcome = DeployOutcome::RolledBack;
         Ok(format!("rolled back to {} in {}", back.version, back.place()))
     }
 

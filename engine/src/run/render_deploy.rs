@@ -12,7 +12,7 @@ use super::script::ScriptWriter;
 use super::script::settings;
 use crate::deploy::{
     AnalysisRun, CanaryRun, CommandInstance, DeployRun, DockerInstance, InstanceRun, JournalStore, NotifyRun,
-    PreviousRun, ProbeRun, RoleRun, SlotRun, StrategyRun, VerifyRun,
+    PluginRole, PreviousRun, ProbeRun, RoleRun, SlotRun, StrategyRun, VerifyRun,
 };
 use crate::docker::docker_name;
 
@@ -101,9 +101,12 @@ impl RunContext {
                 })
             })
             .collect::<Result<Vec<_>, RenderError>>()?;
-        let previous = match &d.strategy {
-            Strategy::Rolling(_) => self.previous(step, d, view, env, &journal)?,
-            _ => None,
+        // The live release as it was rendered: what a rolling rollback starts
+        // again, and what any rollback starts again when its instance is gone.
+        let previous = match (&d.strategy, self.previous(step, d, view, env, &journal)) {
+            (_, Ok(previous)) => previous,
+            (Strategy::Rolling(_), Err(e)) => return Err(e),
+            (Strategy::BlueGreen | Strategy::Canary(_), Err(_)) => None,
         };
         let run = DeployRun {
             pipeline: self.pipeline.clone(),
@@ -197,7 +200,7 @@ impl RunContext {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
-                InstanceRun::Docker(DockerInstance {
+                std::sync::Arc::new(DockerInstance {
                     name: docker_name(&format!("{}-{}-{}", self.pipeline, d.name, slot.name)),
                     image: render(image)?,
                     pull: *pull,
@@ -210,7 +213,7 @@ impl RunContext {
                     labels,
                 })
             }
-            Instance::Command { start, stop, status, env: e } => InstanceRun::Command(CommandInstance {
+            Instance::Command { start, stop, status, env: e } => std::sync::Arc::new(CommandInstance {
                 start: scripts.write(start, resolve)?.text,
                 stop: stop.as_ref().map(|t| scripts.write(t, resolve)).transpose()?.map(|w| w.text),
                 status: status.as_ref().map(|t| scripts.write(t, resolve)).transpose()?.map(|w| w.text),
@@ -223,6 +226,7 @@ impl RunContext {
                     .join(file_safe(&d.name))
                     .join(format!("{}.log", file_safe(&slot.name))),
                 unset: self.withheld.keys().cloned().collect(),
+                tag: format!("{}/{}/{}/{}", crate::deploy::checkout_id(&self.root), self.pipeline, d.name, slot.name),
             }),
         })
     }
@@ -246,7 +250,7 @@ impl RunContext {
         let granted = self.render_grants(&role.grants, &render, env)?;
         let granted = granted.with_settings(&mut config, &plugin.info.fields, &self.dir).map_err(refused)?;
         granted.check(&self.protected).map_err(refused)?;
-        Ok(RoleRun {
+        let plugin = PluginRole {
             state: PluginState {
                 store: StateStore::open(&self.root, &self.pipeline),
                 namespace: role.uses.value.clone(),
@@ -256,9 +260,8 @@ impl RunContext {
             config,
             granted,
             workdir: self.dir.clone(),
-            attempts: role.attempts,
-            interval: role.interval,
-        })
+        };
+        Ok(RoleRun { role: std::sync::Arc::new(plugin), attempts: role.attempts, interval: role.interval })
     }
 }
 

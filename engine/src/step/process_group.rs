@@ -159,6 +159,45 @@ pub fn members(pgid: i32) -> Vec<Stat> {
         .collect()
 }
 
+/// The process groups of this user in which some process carries `entry`
+/// (`NAME=value`) in its environment, each with the identity its members
+/// prove: what a killed pipe started and could not record. pipe's own group
+/// and ids below 2 are never among them.
+pub fn tagged(entry: &str) -> Vec<ProcessGroup> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let (uid, own) = (nix::unistd::getuid().as_raw(), nix::unistd::getpgrp().as_raw());
+    let mut oldest: std::collections::BTreeMap<i32, u64> = std::collections::BTreeMap::new();
+    for pid in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        // Only this user's processes: run as root, /proc shows every environment.
+        if std::fs::metadata(format!("/proc/{pid}")).map_or(true, |m| m.uid() != uid) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if !env.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
+            continue;
+        }
+        match stat(pid) {
+            Some(s) if s.state != "Z" && s.pgrp > 1 && s.pgrp != own => {
+                let start = oldest.entry(s.pgrp).or_insert(s.start);
+                *start = (*start).min(s.start);
+            }
+            _ => {}
+        }
+    }
+    let me = Identity::current();
+    oldest
+        .into_iter()
+        .map(|(id, start)| ProcessGroup {
+            id,
+            boot: Some(me.boot.clone()),
+            pidns: Some(me.pidns.clone()),
+            // A live leader proves the group by its own start time.
+            start: Some(stat(id).map_or(start, |leader| leader.start)),
+        })
+        .collect()
+}
+
 /// A start time as a wall-clock time, for people.
 fn clock(ticks: u64) -> String {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
