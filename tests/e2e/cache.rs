@@ -52,8 +52,16 @@ fn a_cached_step_is_restored_and_every_part_of_its_key_invalidates_it() {
     std::fs::write(test.path().join("README"), "not an input").expect("write");
     assert!(hit(&run(&test, &[], "fast", "s3cret-token-value")), "a file that is not an input");
     std::fs::write(test.path().join("src/main.txt"), "1.1").expect("write");
-    assert!(!hit(&run(&test, &[], "fast", "s3cret-token-value")), "an input changed");
-    assert!(!hit(&run(&test, &[], "slow", "s3cret-token-value")), "the env changed");
+    let changed = run(&test, &[], "fast", "s3cret-token-value");
+    assert!(!hit(&changed), "an input changed");
+    // A miss says which part of the key changed, in the log and in the record.
+    assert!(changed.stdout.contains("cache miss: input src/main.txt changed"), "{}", changed.stdout);
+    assert_eq!(changed.step("build.app")["details"]["cache"]["changed"][0], "input src/main.txt changed");
+    let env = run(&test, &[], "slow", "s3cret-token-value");
+    assert!(!hit(&env), "the env changed");
+    assert!(env.stdout.contains("cache miss: the command or its environment changed"), "{}", env.stdout);
+    let listed = test.pipe(&["cache"], &[]);
+    assert!(listed.stdout.contains("build.app"), "`pipe cache` lists the entry by step: {}", listed.stdout);
     assert!(!hit(&run(&test, &[], "slow", "other-token-value")), "a secret changed");
     assert!(hit(&run(&test, &[], "slow", "other-token-value")));
     let before = runs(&test);

@@ -43,6 +43,9 @@ pub fn dispatch(cli: Cli) -> u8 {
     }
 }
 
+/// Entries `pipe cache` lists, most recently used first.
+const SHOWN_ENTRIES: usize = 50;
+
 /// `pipe cache [clear]`.
 fn cache(root: &std::path::Path, action: Option<super::CacheAction>) -> u8 {
     let store = crate::run::cache::StepCache::open(root);
@@ -60,6 +63,28 @@ fn cache(root: &std::path::Path, action: Option<super::CacheAction>) -> u8 {
         None => {
             let (entries, bytes) = store.usage();
             println!("{entries} entries, {} in .pipe/cache", bytesize::ByteSize::b(bytes));
+            let listed = store.entries();
+            if !listed.is_empty() {
+                println!("\n{:<10} {:<32} {:>10} {:>7}  {:<12}  IMAGE", "USED", "STEP", "SIZE", "INPUTS", "KEY");
+            }
+            for e in listed.iter().take(SHOWN_ENTRIES) {
+                let ago = std::time::SystemTime::now().duration_since(e.last_used).unwrap_or_default();
+                // Read back from `.pipe`: shown as text, never as terminal codes.
+                let step = e.entry.as_ref().map_or("(unreadable)".into(), |x| crate::step::log::sanitize(&x.step));
+                let inputs = e.parts.as_ref().map_or("?".into(), |p| p.inputs.len().to_string());
+                let short = |s: &str, n: usize| crate::step::log::sanitize(&s.chars().take(n).collect::<String>());
+                let image = e.parts.as_ref().and_then(|p| p.image.as_deref()).map_or(String::new(), |i| short(i, 19));
+                let key = short(&e.key, 12);
+                println!(
+                    "{:<10} {step:<32} {:>10} {inputs:>7}  {key:<12}  {}",
+                    super::report::duration(ago.as_millis() as u64),
+                    bytesize::ByteSize::b(e.bytes).to_string(),
+                    image
+                );
+            }
+            if listed.len() > SHOWN_ENTRIES {
+                println!("… and {} more", listed.len() - SHOWN_ENTRIES);
+            }
             exit::OK
         }
     }

@@ -292,7 +292,14 @@ impl<'a> Driver<'a> {
                 "no slot that is to take traffic is healthy: traffic stays where it is".into(),
             ));
         }
-        self.d.traffic.route(&backends, self.log, self.cancel).await
+        let began = Instant::now();
+        let note = self.d.traffic.route(&backends, self.log, self.cancel).await?;
+        // Without a public URL to verify, the switch is measured to the proxy's confirmation.
+        if self.d.verify.is_none() && self.report.switch_ms.is_none() {
+            let from = self.switch_started.unwrap_or(began);
+            self.report.switch_ms = Some(from.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(note)
     }
 
     /// Makes sure `slot` runs `version` before traffic goes back to it: an

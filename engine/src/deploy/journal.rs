@@ -312,7 +312,7 @@ mod tests {
         let journals = JournalStore::new(StateStore::open(dir.path(), "p"), "orders");
         let release = release("1");
         for _ in 0..60 {
-            journals.update(|j| j.record(super::super::DeployOutcome::Deployed, &release, "ok")).expect("update");
+            journals.update(|j| j.record(crate::deploy::DeployOutcome::Deployed, &release, "ok")).expect("update");
         }
         journals.update(|j| j.live = Some(release.clone())).expect("update");
         let j = journals.load().expect("load");
@@ -327,7 +327,9 @@ mod tests {
         let journals =
             JournalStore::new(StateStore::open(dir.path(), "p"), "orders").masking(Masker::new(["s3cret-tag"]));
         let release = release("v-s3cret-tag");
-        journals.update(|j| j.record(DeployOutcome::Failed, &release, "v-s3cret-tag did not start")).expect("update");
+        journals
+            .update(|j| j.record(crate::deploy::DeployOutcome::Failed, &release, "v-s3cret-tag did not start"))
+            .expect("update");
         let j = journals.load().expect("load");
         assert_eq!((j.history[0].version.as_str(), j.history[0].note.as_str()), ("v-***", "v-*** did not start"));
         let text = std::fs::read_dir(dir.path().join(".pipe/state"))

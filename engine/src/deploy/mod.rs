@@ -167,7 +167,8 @@ pub struct Report {
     /// Why it was rolled back or failed.
     pub reason: Option<String>,
     /// From the healthy new slot handed to the switch to its first answer
-    /// through the public URL, in milliseconds.
+    /// through the public URL (`verify`), or without one to the traffic
+    /// switch's confirmation, in milliseconds.
     pub switch_ms: Option<f64>,
     /// Every analysis verdict, oldest first.
     pub verdicts: Vec<Verdict>,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::cache::CacheJob;
+use super::cache::{CacheJob, KeyParts};
 use super::executor::{Invocation, execute};
 use crate::event::{Event, Events};
 use crate::lang::model::Retry;
@@ -56,10 +56,14 @@ pub async fn run(job: Job) -> Finished {
         None => None,
     };
     if let (Some(c), Some(k)) = (&job.cache, &key)
-        && let Some(hit) = from_cache(&job, c, k, started).await
+        && let Some(hit) = from_cache(&job, c, &k.id(), started).await
     {
         return hit;
     }
+    let changed = match (&job.cache, &key) {
+        (Some(c), Some(k)) => Some(miss(&job, c, k).await),
+        _ => None,
+    };
     let mut spans = Vec::new();
     let mut attempt = 0;
     let (status, exit, reason, outputs) = loop {
@@ -118,9 +122,8 @@ pub async fn run(job: Job) -> Finished {
     let _ = std::fs::remove_file(&details_file);
     if let (Some(c), Some(k)) = (&job.cache, key) {
         let stored = if status == Status::Succeeded {
-            let (c2, k2, step, out, took) =
-                (c.clone(), k.clone(), job.step.clone(), outputs.clone(), started.elapsed());
-            let put = move || c2.store.store(&k2, &step, &c2, &out, took);
+            let (c2, k2, out, took) = (c.clone(), k.clone(), outputs.clone(), started.elapsed());
+            let put = move || c2.store.store(&k2, &c2, &out, took);
             match tokio::task::spawn_blocking(put).await.unwrap_or_else(|e| Err(e.to_string())) {
                 Ok(()) => true,
                 Err(why) => {
@@ -131,7 +134,7 @@ pub async fn run(job: Job) -> Finished {
         } else {
             false
         };
-        let info = serde_json::json!({ "hit": false, "key": k, "stored": stored });
+        let info = serde_json::json!({ "hit": false, "key": k.id(), "stored": stored, "changed": changed });
         details = Some(with_cache(details, info));
     }
     Finished {
@@ -145,6 +148,20 @@ pub async fn run(job: Job) -> Finished {
         details,
         spans,
     }
+}
+
+/// A miss: why, against the key this step's last stored run had.
+async fn miss(job: &Job, c: &CacheJob, key: &KeyParts) -> Vec<String> {
+    let (store, step) = (c.store.clone(), job.step.clone());
+    let before = tokio::task::spawn_blocking(move || store.last_key(&step)).await.ok().flatten();
+    let changed: Vec<String> = match before {
+        None => vec!["no earlier run of this step was stored".into()],
+        Some(before) if before == *key => vec!["its entry was evicted or removed".into()],
+        // Read back from `.pipe`: what it names is shown as text, never as terminal codes.
+        Some(before) => key.changes_since(&before).iter().map(|c| crate::step::log::sanitize(c)).collect(),
+    };
+    job.log.note(&format!("cache miss: {}", changed.join("; ")));
+    changed
 }
 
 /// A hit: the entry's files restored, its outputs given back, nothing run.

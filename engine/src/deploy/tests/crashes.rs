@@ -9,8 +9,10 @@ use super::{Kind, Setup, Then};
 async fn effects_of_a_deploy(kind: Kind) -> usize {
     let s = Setup::live(kind).await;
     let before = s.effects().len();
-    let (result, _) = s.deploy("v2").await.expect("not killed");
+    let (result, report) = s.deploy("v2").await.expect("not killed");
     result.expect("v2 deploys");
+    assert_eq!(report.outcome, crate::deploy::DeployOutcome::Deployed);
+    assert!(report.switch_ms.is_some(), "{kind:?}: the switch is measured without a verify URL too");
     assert_eq!(s.settled(), Ok("v2".to_string()), "{kind:?}: a deploy that nothing disturbs");
     s.effects().len() - before
 }

@@ -41,24 +41,28 @@ pub fn declared(spec: &Cache) -> Result<Vec<RelPath>, String> {
 
 /// Reads `entry.json`: a regular file (not a link), bounded in size.
 pub fn read(entry_dir: &Path) -> Result<Entry, Refused> {
-    let path = entry_dir.join("entry.json");
+    read_json(&entry_dir.join("entry.json"), MAX_ENTRY_JSON)
+}
+
+/// Reads a JSON file pipe wrote and anyone may have replaced: a regular
+/// file (not a link), at most `max` bytes.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, max: u64) -> Result<T, Refused> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let file = std::fs::File::options()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| Refused(format!("cannot read entry.json: {e}")))?;
-    let meta = file.metadata().map_err(|e| Refused(format!("cannot read entry.json: {e}")))?;
+        .open(path)
+        .map_err(|e| Refused(format!("cannot read {name}: {e}")))?;
+    let meta = file.metadata().map_err(|e| Refused(format!("cannot read {name}: {e}")))?;
     if !meta.is_file() {
-        return Err(Refused("entry.json is not a regular file".into()));
+        return Err(Refused(format!("{name} is not a regular file")));
     }
     let mut text = Vec::new();
-    file.take(MAX_ENTRY_JSON + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| Refused(format!("cannot read entry.json: {e}")))?;
-    if text.len() as u64 > MAX_ENTRY_JSON {
-        return Err(Refused(format!("entry.json is larger than {MAX_ENTRY_JSON} bytes")));
+    file.take(max + 1).read_to_end(&mut text).map_err(|e| Refused(format!("cannot read {name}: {e}")))?;
+    if text.len() as u64 > max {
+        return Err(Refused(format!("{name} is larger than {max} bytes")));
     }
-    serde_json::from_slice(&text).map_err(|e| Refused(format!("entry.json is not an entry: {e}")))
+    serde_json::from_slice(&text).map_err(|e| Refused(format!("{name} is not what pipe writes: {e}")))
 }
 
 /// Checks an entry against the step that would use it; returns the output

@@ -1,35 +1,106 @@
 //! The cache key of a step: what must be equal for a stored result to stand
 //! in for a run.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::CacheJob;
 use crate::run::executor::Invocation;
 
+/// What a step's cache key is made of, part by part. Kept beside each entry
+/// and as the step's last key, so that a miss can say which part changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyParts {
+    pub step: String,
+    /// SHA-256 of the rendered command: program, arguments, working
+    /// directory, environment (a secret's value enters only through this hash).
+    pub command: String,
+    /// The declared output paths: a new one must miss, a hit would not restore it.
+    pub outputs: Vec<String>,
+    /// A container step's image digest.
+    pub image: Option<String>,
+    /// Every input file, relative to the pipeline's directory, and the SHA-256 of its contents.
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// At most this many changes are named; the rest are counted.
+const NAMED_CHANGES: usize = 5;
+
+impl KeyParts {
+    /// The key: a hash of every part, in order.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"pipe-cache-v2\0");
+        part(&mut h, &self.step);
+        part(&mut h, &self.command);
+        h.update((self.outputs.len() as u64).to_le_bytes());
+        for output in &self.outputs {
+            part(&mut h, output);
+        }
+        part(&mut h, self.image.as_deref().unwrap_or(""));
+        h.update((self.inputs.len() as u64).to_le_bytes());
+        for (path, digest) in &self.inputs {
+            part(&mut h, path);
+            part(&mut h, digest);
+        }
+        hex(&h.finalize())
+    }
+
+    /// What differs from an earlier key of the same step, in words.
+    pub fn changes_since(&self, before: &KeyParts) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.command != before.command {
+            changes.push("the command or its environment changed".to_string());
+        }
+        if self.outputs != before.outputs {
+            changes.push(format!("the outputs changed ({} → {})", before.outputs.join(" "), self.outputs.join(" ")));
+        }
+        if self.image != before.image {
+            changes.push("the image changed".to_string());
+        }
+        let mut files = Vec::new();
+        for (path, digest) in &self.inputs {
+            match before.inputs.get(path) {
+                None => files.push(format!("input {path} is new")),
+                Some(d) if d != digest => files.push(format!("input {path} changed")),
+                Some(_) => {}
+            }
+        }
+        files.extend(
+            before.inputs.keys().filter(|p| !self.inputs.contains_key(*p)).map(|p| format!("input {p} is gone")),
+        );
+        if files.len() > NAMED_CHANGES {
+            let more = files.len() - NAMED_CHANGES;
+            files.truncate(NAMED_CHANGES);
+            files.push(format!("{more} more input(s)"));
+        }
+        changes.extend(files);
+        changes
+    }
+}
+
 impl CacheJob {
     /// The step's key, or why it has none (an image not yet on this machine).
-    pub async fn key(&self, step: &str, invocation: &Invocation) -> Result<String, String> {
-        let mut h = Sha256::new();
-        h.update(b"pipe-cache-v1\0");
-        part(&mut h, step);
+    pub async fn key(&self, step: &str, invocation: &Invocation) -> Result<KeyParts, String> {
         let fingerprint = invocation.fingerprint().ok_or("this step kind is never cached")?;
-        part(&mut h, &fingerprint);
-        // A new output path must miss: a hit would not restore it.
-        for output in &self.spec.outputs {
-            part(&mut h, &output.value);
-        }
-        if let Some(image) = invocation.image() {
-            let digest = image_digest(image).await.ok_or(format!("image {image} is not on this machine yet"))?;
-            part(&mut h, &digest);
-        }
+        let image = match invocation.image() {
+            Some(image) => Some(image_digest(image).await.ok_or(format!("image {image} is not on this machine yet"))?),
+            None => None,
+        };
         let (dir, globs) = (self.dir.clone(), self.spec.inputs.iter().map(|g| g.value.clone()).collect::<Vec<_>>());
-        let files =
+        let inputs =
             tokio::task::spawn_blocking(move || hash_inputs(&dir, &globs)).await.map_err(|e| e.to_string())??;
-        h.update(files);
-        Ok(hex(&h.finalize()))
+        Ok(KeyParts {
+            step: step.to_string(),
+            command: hex(&Sha256::digest(fingerprint.as_bytes())),
+            outputs: self.spec.outputs.iter().map(|o| o.value.clone()).collect(),
+            image,
+            inputs,
+        })
     }
 }
 
@@ -47,8 +118,8 @@ async fn image_digest(image: &str) -> Option<String> {
     docker.inspect_image(image).await.ok()?.id
 }
 
-/// A hash of every input file: its path (relative to `dir`) and contents, in path order.
-fn hash_inputs(dir: &Path, globs: &[String]) -> Result<[u8; 32], String> {
+/// Every input file: its path (relative to `dir`) and the hash of its contents.
+fn hash_inputs(dir: &Path, globs: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut set = globset::GlobSetBuilder::new();
     let mut bases = Vec::new();
     for g in globs {
@@ -75,10 +146,8 @@ fn hash_inputs(dir: &Path, globs: &[String]) -> Result<[u8; 32], String> {
             }
         }
     }
-    let mut h = Sha256::new();
+    let mut hashed = BTreeMap::new();
     for f in files {
-        let rel = pathdiff(&f, dir);
-        part(&mut h, &rel);
         let mut file = std::fs::File::open(&f).map_err(|e| format!("cannot read input {}: {e}", f.display()))?;
         let mut content = Sha256::new();
         let mut buf = vec![0u8; 64 << 10];
@@ -89,9 +158,9 @@ fn hash_inputs(dir: &Path, globs: &[String]) -> Result<[u8; 32], String> {
             }
             content.update(&buf[..n]);
         }
-        h.update(content.finalize());
+        hashed.insert(pathdiff(&f, dir), hex(&content.finalize()));
     }
-    Ok(h.finalize().into())
+    Ok(hashed)
 }
 
 /// The directories before a glob's first wildcard: where to walk.

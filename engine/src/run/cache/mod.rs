@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::lang::model::Cache;
 use crate::step::Masker;
 pub use check::Refused;
+pub use key::KeyParts;
 use nofollow::Tree;
 
 const DEFAULT_MAX: u64 = 2 << 30;
@@ -60,6 +61,20 @@ pub struct Entry {
     /// For people reading the entry; eviction measures the files instead.
     pub bytes: u64,
 }
+
+/// One entry as `pipe cache` shows it; what could not be read is `None`.
+pub struct Listed {
+    pub key: String,
+    pub entry: Option<Entry>,
+    pub parts: Option<KeyParts>,
+    pub bytes: u64,
+    pub last_used: SystemTime,
+}
+
+/// Where an entry keeps what its key is made of.
+const KEY_FILE: &str = "key.json";
+/// A key lists its input files: a few hundred bytes each.
+const MAX_KEY_JSON: u64 = 64 << 20;
 
 /// A step's cache settings, resolved for one run.
 #[derive(Clone)]
@@ -144,8 +159,7 @@ impl StepCache {
     /// `job.dir`) and step outputs. Says why when it cannot.
     pub fn store(
         &self,
-        key: &str,
-        step: &str,
+        parts: &KeyParts,
         job: &CacheJob,
         outputs: &BTreeMap<String, String>,
         took: Duration,
@@ -153,6 +167,7 @@ impl StepCache {
         if self.read_only {
             return Err("the cache is another branch's, read only".into());
         }
+        let (key, step) = (&parts.id(), parts.step.as_str());
         let declared = check::declared(&job.spec)?;
         check::outputs_hold(outputs, &job.masker)?;
         let items = files::list(&job.dir, &declared).map_err(|e| format!("its declared output {e}"))?;
@@ -175,6 +190,11 @@ impl StepCache {
             let name = nofollow::RelPath::parse("entry.json").ok_or("a plain name")?;
             let mut file = tree.create_file(&name, 0o644).map_err(|e| format!("cannot write the entry: {e}"))?;
             std::io::Write::write_all(&mut file, &json).map_err(|e| format!("cannot write the entry: {e}"))?;
+            // What the key is made of, beside the entry, for people (`pipe cache`).
+            let key_json = serde_json::to_vec_pretty(parts).map_err(|e| e.to_string())?;
+            let name = nofollow::RelPath::parse(KEY_FILE).ok_or("a plain name")?;
+            let mut file = tree.create_file(&name, 0o644).map_err(|e| format!("cannot write the entry: {e}"))?;
+            std::io::Write::write_all(&mut file, &key_json).map_err(|e| format!("cannot write the entry: {e}"))?;
             let target = self.entry_dir(key);
             let _ = usage::remove(&target);
             std::fs::rename(&tmp, &target).map_err(|e| format!("cannot write the cache entry: {e}"))?;
@@ -183,6 +203,9 @@ impl StepCache {
         match written {
             Ok(bytes) => {
                 self.account(bytes);
+                if let Err(e) = self.remember(parts) {
+                    tracing::warn!(step, error = %e, "cannot record the step's last cache key");
+                }
                 Ok(())
             }
             Err(e) => {
@@ -223,10 +246,66 @@ impl StepCache {
     }
 
     pub fn clear(&self) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        for dir in [&self.dir, &self.keys_dir()] {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
+    }
+
+    /// `.pipe/cache-keys/`: each step's last stored key, by a hash of its id.
+    fn keys_dir(&self) -> PathBuf {
+        self.dir.with_file_name("cache-keys")
+    }
+
+    fn last_key_path(&self, step: &str) -> PathBuf {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(step.as_bytes());
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.keys_dir().join(format!("{name}.json"))
+    }
+
+    /// The parts of the key this step's last stored run had: what a miss is
+    /// compared with. Read as hostile (bounded, no link followed, for this
+    /// step only); anything else is no earlier key.
+    pub fn last_key(&self, step: &str) -> Option<KeyParts> {
+        let parts: KeyParts = check::read_json(&self.last_key_path(step), MAX_KEY_JSON).ok()?;
+        (parts.step == step).then_some(parts)
+    }
+
+    /// Records `parts` as the step's last stored key (written whole, then renamed).
+    fn remember(&self, parts: &KeyParts) -> Result<(), String> {
+        let dir = self.keys_dir();
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if !m.is_dir() => return Err(format!("{} is not a directory", dir.display())),
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?,
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut tmp, parts).map_err(|e| e.to_string())?;
+        // A rename replaces a link planted at the name; it never writes through it.
+        tmp.persist(self.last_key_path(&parts.step)).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Every entry, most recently used first: its step, size, when it was
+    /// last used, and what its key is made of when that was kept.
+    pub fn entries(&self) -> Vec<Listed> {
+        let mut items = usage::scan(&self.dir);
+        items.retain(|i| !i.in_progress);
+        items.sort_by_key(|i| std::cmp::Reverse(i.last_used));
+        items
+            .into_iter()
+            .map(|i| Listed {
+                key: i.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                entry: check::read(&i.path).ok(),
+                parts: check::read_json(&i.path.join(KEY_FILE), MAX_KEY_JSON).ok(),
+                bytes: i.bytes,
+                last_used: i.last_used,
+            })
+            .collect()
     }
 
     /// Measures everything, removes the least recently used entries past the
@@ -263,6 +342,11 @@ mod tests {
         let loc = crate::lang::Loc::new(&crate::lang::Source::new("t", "t", "x"), (0..1).into());
         let s = |v: &&str| Spanned { value: v.to_string(), loc: loc.clone() };
         Cache { inputs: inputs.iter().map(s).collect(), outputs: outputs.iter().map(s).collect() }
+    }
+
+    /// A key for step `build.app` named by its command.
+    fn parts(name: &str) -> KeyParts {
+        KeyParts { step: "build.app".into(), command: name.into(), ..KeyParts::default() }
     }
 
     fn process(program: &str, env: &[(&str, &str)], dir: &Path) -> Invocation {
@@ -307,18 +391,24 @@ mod tests {
         );
         std::fs::write(dir.join("src/main.rs"), "fn main() { }").expect("write");
         let changed = key(process("sh", &[("A", "1")], &dir)).await;
-        assert_ne!(base, changed, "an input's contents");
+        assert_ne!(base.id(), changed.id(), "an input's contents");
+        assert_eq!(changed.changes_since(&base), ["input src/main.rs changed"], "a miss says what changed");
+        let bash = key(process("bash", &[("A", "1")], &dir)).await;
+        assert_eq!(bash.changes_since(&changed), ["the command or its environment changed"]);
         std::fs::write(repo.path().join("shared/lib.rs"), "pub fn g() {}").expect("write");
         assert_ne!(changed, key(process("sh", &[("A", "1")], &dir)).await, "shared code reached with ../");
         std::fs::write(dir.join("src/new.rs"), "").expect("write");
         let added = key(process("sh", &[("A", "1")], &dir)).await;
         std::fs::rename(dir.join("src/new.rs"), dir.join("src/renamed.rs")).expect("rename");
-        assert_ne!(added, key(process("sh", &[("A", "1")], &dir)).await, "a renamed input");
+        let renamed = key(process("sh", &[("A", "1")], &dir)).await;
+        assert_ne!(added.id(), renamed.id(), "a renamed input");
+        assert_eq!(renamed.changes_since(&added), ["input src/renamed.rs is new", "input src/new.rs is gone"]);
         let outputs = CacheJob { spec: spec(&["src/**", "../shared/**"], &["target/new"]), ..job.clone() };
         let inv = process("sh", &[("A", "1")], &dir);
-        assert_ne!(outputs.key("build.app", &inv).await.expect("key"), key(inv).await, "a new output path");
+        let with_output = outputs.key("build.app", &inv).await.expect("key");
+        assert_ne!(with_output.id(), key(inv).await.id(), "a new output path");
         let other = CacheJob { spec: spec(&["src/**"], &[]), ..job.clone() };
-        assert_ne!(other.key("build.other", &process("sh", &[], &dir)).await.expect("key"), base, "the step");
+        assert_ne!(other.key("build.other", &process("sh", &[], &dir)).await.expect("key").id(), base.id(), "the step");
     }
 
     #[test]
@@ -335,45 +425,77 @@ mod tests {
             masker: Masker::new(["s3cret-value"]),
         };
         let outputs = BTreeMap::from([("version".to_string(), "1.2".to_string())]);
-        store.store("k1", "build.app", &job, &outputs, Duration::from_secs(3)).expect("store");
+        store.store(&parts("k1"), &job, &outputs, Duration::from_secs(3)).expect("store");
         std::fs::remove_dir_all(dir.join("target")).expect("clean");
-        let entry = store.restore("k1", "build.app", &job).expect("valid").expect("hit");
+        let entry = store.restore(&parts("k1").id(), "build.app", &job).expect("valid").expect("hit");
         assert_eq!((entry.duration_ms, entry.outputs.get("version").map(String::as_str)), (3000, Some("1.2")));
         assert_eq!(std::fs::read(dir.join("target/app/bin")).expect("restored").len(), 1000);
-        assert!(store.restore("nope", "build.app", &job).expect("no entry").is_none());
+        assert!(store.restore(&parts("nope").id(), "build.app", &job).expect("no entry").is_none());
+        assert_eq!(store.last_key("build.app"), Some(parts("k1")), "the step's last key is kept for a miss");
+        assert_eq!(store.last_key("other.step"), None);
+        let listed = store.entries();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].parts.as_ref(), listed[0].key.as_str()), (Some(&parts("k1")), parts("k1").id().as_str()));
 
         // `files` swapped for a link to a directory outside: refused, nothing read from there.
         let outside = tempfile::tempdir().expect("outside");
         std::fs::create_dir_all(outside.path().join("target/app")).expect("mkdir");
         std::fs::write(outside.path().join("target/app/bin"), "planted").expect("write");
-        store.store("k3", "build.app", &job, &outputs, Duration::ZERO).expect("store");
-        std::fs::remove_dir_all(store.entry_dir("k3").join("files")).expect("rm files");
-        std::os::unix::fs::symlink(outside.path(), store.entry_dir("k3").join("files")).expect("link");
-        let refused = store.restore("k3", "build.app", &job).expect_err("a linked files dir");
+        store.store(&parts("k3"), &job, &outputs, Duration::ZERO).expect("store");
+        std::fs::remove_dir_all(store.entry_dir(&parts("k3").id()).join("files")).expect("rm files");
+        std::os::unix::fs::symlink(outside.path(), store.entry_dir(&parts("k3").id()).join("files")).expect("link");
+        let refused = store.restore(&parts("k3").id(), "build.app", &job).expect_err("a linked files dir");
         assert!(refused.to_string().contains("`files` is not a directory"), "{refused}");
         assert_eq!(std::fs::read(dir.join("target/app/bin")).expect("kept").len(), 1000);
         assert!(outside.path().join("target/app/bin").exists(), "removing the entry followed its link");
 
-        let refused = store.restore("k1", "other.step", &job).expect_err("another step's entry");
+        let refused = store.restore(&parts("k1").id(), "other.step", &job).expect_err("another step's entry");
         assert!(refused.to_string().contains("stored for step `build.app`"), "{refused}");
-        assert!(!store.entry_dir("k1").exists(), "a refused entry is removed");
+        assert!(!store.entry_dir(&parts("k1").id()).exists(), "a refused entry is removed");
 
         let secret = BTreeMap::from([("token".to_string(), "x-s3cret-value-y".to_string())]);
-        let why = store.store("k2", "build.app", &job, &secret, Duration::ZERO).expect_err("a secret output");
+        let why = store.store(&parts("k2"), &job, &secret, Duration::ZERO).expect_err("a secret output");
         assert!(why.contains("`token` holds a secret"), "{why}");
 
         for k in ["a", "b", "c"] {
-            store.store(k, "build.app", &job, &outputs, Duration::ZERO).expect("store");
+            store.store(&parts(k), &job, &outputs, Duration::ZERO).expect("store");
             std::thread::sleep(Duration::from_millis(20));
         }
         let (entries, bytes) = store.usage();
         assert_eq!(entries, 2, "bounded: the least recently used went first");
         assert!((2000..2500).contains(&bytes), "measured on disk: {bytes}");
-        assert!(!store.entry_dir("a").exists() && store.entry_dir("c").exists());
+        assert!(!store.entry_dir(&parts("a").id()).exists() && store.entry_dir(&parts("c").id()).exists());
         let missing = CacheJob { spec: spec(&["src/**"], &["nope"]), ..job.clone() };
-        assert!(store.store("d", "x", &missing, &outputs, Duration::ZERO).is_err());
+        assert!(store.store(&KeyParts { step: "x".into(), ..parts("d") }, &missing, &outputs, Duration::ZERO).is_err());
         std::os::unix::fs::symlink("/etc/passwd", dir.join("target/app/link")).expect("link");
-        let why = store.store("e", "build.app", &job, &outputs, Duration::ZERO).expect_err("a link in the outputs");
+        let why = store.store(&parts("e"), &job, &outputs, Duration::ZERO).expect_err("a link in the outputs");
         assert!(why.contains("`target/app/link` is a symbolic link"), "{why}");
+    }
+
+    #[test]
+    fn a_forged_last_key_is_never_believed() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let store = StepCache::open(repo.path());
+        let dir = repo.path().to_path_buf();
+        std::fs::create_dir_all(dir.join(".pipe/cache")).expect("mkdir");
+        let job = CacheJob { store: store.clone(), spec: spec(&[], &[]), dir, masker: Masker::default() };
+        store.store(&parts("k1"), &job, &BTreeMap::new(), Duration::ZERO).expect("store");
+        let path = store.last_key_path("build.app");
+        // Another step's key written under this step's name.
+        std::fs::write(&path, serde_json::to_vec(&KeyParts { step: "other".into(), ..parts("k1") }).expect("json"))
+            .expect("write");
+        assert_eq!(store.last_key("build.app"), None);
+        // A link to a key elsewhere is not followed.
+        let elsewhere = repo.path().join("planted.json");
+        std::fs::write(&elsewhere, serde_json::to_vec(&parts("k9")).expect("json")).expect("write");
+        std::fs::remove_file(&path).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, &path).expect("link");
+        assert_eq!(store.last_key("build.app"), None);
+        // Storing again replaces the link rather than writing through it.
+        store.store(&parts("k2"), &job, &BTreeMap::new(), Duration::ZERO).expect("store");
+        assert_eq!(store.last_key("build.app"), Some(parts("k2")));
+        assert_eq!(std::fs::read(&elsewhere).expect("kept"), serde_json::to_vec(&parts("k9")).expect("json"));
+        store.clear().expect("clear");
+        assert_eq!(store.last_key("build.app"), None, "clear forgets the last keys too");
     }
 }
