@@ -364,6 +364,19 @@ fn a_rollback_deploys_the_recorded_release_whatever_the_environment_says() {
     assert_eq!(get(nginx.port, "/version").map(|v| v.trim().to_string()), Ok("v1".to_string()), "{all}");
     assert_eq!(journal(&test)["live"]["version"], "v1", "{all}");
 
+    // A rollback by hand is a run: in `pipe runs`, with its log and a report.
+    let record = back.record();
+    let id = record["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("deploy-"), "{record:#}");
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+    assert_eq!(record["steps"][0]["details"]["version"], "v1", "{record:#}");
+    assert_eq!(record["steps"][0]["command"], "pipe deploy rollback web", "{record:#}");
+    let runs = test.pipe(&["runs"], &[]);
+    assert!(runs.stdout.contains(&id), "{}", runs.stdout);
+    let logs = test.pipe(&["logs", &id], &[]);
+    assert!(logs.stdout.contains("deploying v1 again"), "{}{}", logs.stdout, logs.stderr);
+    assert!(test.path().join(format!(".pipe/runs/{id}/report.html")).exists(), "no report");
+
     // And with nothing in the environment, stop still stops what runs.
     let stop = test.pipe(&["deploy", "stop"], &[]);
     assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);

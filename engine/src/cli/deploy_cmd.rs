@@ -396,9 +396,12 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
                 return Err(exit::FAILED);
             }
         };
-        let dir = root.join(".pipe/deploy").join(crate::state::file_safe(&plan.pipeline));
-        let _ = std::fs::create_dir_all(&dir);
-        let log = StepLog::new(dir.join(format!("{name}.{}.log", what.name())), name, events, Default::default());
+        let started = (std::time::SystemTime::now(), std::time::Instant::now());
+        let log_file = super::deploy_record::log_file(root, &run);
+        if let Some(dir) = log_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let log = StepLog::new(log_file, name, events, Default::default());
         let cancel = CancellationToken::new();
         let printing = async {
             while let Some(e) = rx.recv().await {
@@ -428,8 +431,22 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
             if let Some(probe) = &report.probe {
                 probe.lines().iter().for_each(|l| log.note(l));
             }
-            log.finish();
+            let tail = log.finish();
             drop(log);
+            // A deployment acted on by hand is a run: `pipe runs`, `pipe logs`, `pipe report`.
+            let command = format!("pipe deploy {} {name}", what.name());
+            let file = loaded.file.clone();
+            let acted = super::deploy_record::Acted {
+                command: &command,
+                file,
+                started,
+                result: &result,
+                report: &report,
+                tail,
+            };
+            if let Err(e) = super::deploy_record::write(root, &run, acted) {
+                eprintln!("warning: the run record of this {} could not be written: {e}", what.name());
+            }
             (result, report)
         };
         let ((result, report), ()) = tokio::join!(acting, printing);

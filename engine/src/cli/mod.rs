@@ -3,6 +3,7 @@
 
 mod commands;
 mod deploy_cmd;
+mod deploy_record;
 mod diagnostics;
 mod plugin_cmd;
 mod project;
