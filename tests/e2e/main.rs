@@ -10,6 +10,7 @@ mod cache_attacks;
 mod cancel;
 mod containers;
 mod deploy;
+mod deploy_scenarios;
 mod deploy_trust;
 mod discovery;
 mod examples;

@@ -127,15 +127,24 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub fn start(servers: &[(&str, u16)]) -> Haproxy {
+        Haproxy::with(servers, "retries 3\n    option redispatch\n    retry-on all-retryable-errors")
+    }
+
+    /// HAProxy that never retries a request on another server: every request
+    /// sent to a backend that cannot answer fails, as it reaches the client.
+    pub fn strict(servers: &[(&str, u16)]) -> Haproxy {
+        Haproxy::with(servers, "retries 0")
+    }
+
+    fn with(servers: &[(&str, u16)], retries: &str) -> Haproxy {
         let haproxy = which("haproxy").expect("haproxy is not installed: `bash .ci/setup` installs it");
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin) = (free_port(), free_port());
         let mut cfg = format!(
             "global\n    stats socket ipv4@127.0.0.1:{admin} level admin\n\
-             defaults\n    mode http\n    option http-keep-alive\n    retries 3\n    option redispatch\n    \
+             defaults\n    mode http\n    option http-keep-alive\n    {retries}\n    \
              timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    \
-             timeout http-request 10s\n    timeout http-keep-alive 10s\n    \
-             retry-on all-retryable-errors\n\
+             timeout http-request 10s\n    timeout http-keep-alive 10s\n\
              frontend public\n    bind 127.0.0.1:{port}\n    default_backend app\n\
              backend app\n    option httpchk GET /health\n"
         );
