@@ -78,7 +78,7 @@ fn nginx_promotes_v1_v2_v3_with_no_failed_request_under_load() {
 fn haproxy_switches_containers_with_no_failed_request_strictly_and_rolls_back_instantly() {
     let image = shop_image();
     let (blue, green) = (free_port(), free_port());
-    let haproxy = Haproxy::start(&[("blue", blue), ("green", green)]);
+    let haproxy = Haproxy::strict(&[("blue", blue), ("green", green)]);
     let instance = format!(
         r#"instance "docker" image="{}" pull="never" port=8080 {{ env {{ VERSION "${{deploy.version}}"; BIND "0.0.0.0" }} }}"#,
         image.tag

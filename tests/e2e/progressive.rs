@@ -374,7 +374,7 @@ fn a_rolling_deploy_failing_in_its_second_batch_rolls_the_first_back_under_load(
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
     let servers: Vec<(String, u16)> = ports.iter().enumerate().map(|(i, p)| (format!("s{}", i + 1), *p)).collect();
     let named: Vec<(&str, u16)> = servers.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-    let haproxy = Haproxy::start(&named);
+    let haproxy = Haproxy::strict(&named);
     let name = format!("rollback{}", ports[0]);
     let slots: String = ports.iter().enumerate().map(|(i, p)| format!("slot \"{}\" port={p}; ", i + 1)).collect();
     // v2 is sick in slot 1 only: the second batch (slot 1, after slot 5) fails its health check.
