@@ -382,3 +382,42 @@ fn a_rollback_deploys_the_recorded_release_whatever_the_environment_says() {
     assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
     assert!(get(blue, "/version").is_err() && get(green, "/version").is_err(), "an instance still answers");
 }
+
+/// `pipe deploy stop` needs nothing but the journal: with the secret the
+/// instance reads unset and the version's variable gone, it refused to render
+/// the deployment and the instance kept running.
+#[test]
+fn deploy_stop_stops_what_runs_with_its_secret_and_variables_unset() {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let name = format!("trust{blue}");
+    let test = Repo::new(
+        Test::new().pipeline(&format!(
+            r#"
+pipeline "{name}" {{
+    secrets {{ from-env "TOKEN" }}
+    stage "release" {{
+        deploy "web" strategy="blue-green" version="${{env.V}}" {{
+            instance "command" start="exec {app}" {{ env {{ VERSION "${{deploy.version}}"; API_TOKEN "${{secrets.TOKEN}}" }} }}
+            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
+            health "http-check" path="/health" attempts=30 interval="100ms"
+            {traffic}
+        }}
+    }}
+}}
+"#,
+            app = shop_app().display(),
+            traffic = nginx.traffic()
+        )),
+        name,
+        "web",
+    );
+    let out = test.pipe(&["run"], &[("V", "v1"), ("TOKEN", "s3cret-token")]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(get(blue, "/version").is_ok(), "v1 runs");
+    let stop = test.pipe(&["deploy", "stop"], &[]);
+    assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
+    assert!(get(blue, "/version").is_err(), "the instance still answers after `pipe deploy stop`");
+    assert!(journal(&test)["live"].is_null(), "the journal says nothing is live");
+}

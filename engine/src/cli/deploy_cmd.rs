@@ -389,7 +389,7 @@ fn act(root: &Path, loaded: &Loaded, step: &str, name: &str, store: &StateStore,
     };
     let (events, mut rx) = Events::channel();
     let result = runtime.block_on(async {
-        let run = match crate::run::deploy_alone(plan, root, step, release.as_ref()).await {
+        let run = match crate::run::deploy_alone(plan, root, step, release.as_ref(), what == Act::Stop).await {
             Ok(r) => r,
             Err(e) => {
                 eprint(&e);

@@ -1,7 +1,7 @@
-//! A deploy step rendered outside a run, for `pipe deploy resume` and
-//! `rollback`: the run's context, with the git sha, the step outputs and the
-//! environment variables that the release being finished (or deployed
-//! again) recorded.
+//! A deploy step rendered outside a run, for `pipe deploy resume`,
+//! `rollback` and `stop`: the run's context, with the git sha, the step
+//! outputs and the environment variables that the release being finished (or
+//! deployed again) recorded.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -20,6 +20,7 @@ pub async fn deploy_alone(
     root: &Path,
     step_id: &str,
     release: Option<&Release>,
+    to_stop: bool,
 ) -> Result<DeployRun, RunError> {
     let run_id = format!("deploy-{}", super::new_run_id(std::time::SystemTime::now(), std::process::id()));
     let mut ctx = RunContext::prepare(plan, root, run_id, &super::Trust::default()).await?;
@@ -45,6 +46,28 @@ pub async fn deploy_alone(
             outputs[i].insert(key.to_string(), value.clone());
         }
     }
+    // Stopping needs nothing but the journal: instances are found by slot,
+    // recorded group and tag, never by a value. What cannot be known now (an
+    // unset secret or variable, an output a release did not record because it
+    // held a secret) renders empty rather than leaving the service running.
+    if to_stop {
+        for kind in refs(&plan.graph[n]) {
+            match kind {
+                RefKind::Secret(name) => {
+                    ctx.secrets.entry(name).or_default();
+                }
+                RefKind::Env(name) => {
+                    ctx.env.entry(name).or_default();
+                }
+                RefKind::StepOutput { stage, step, key } => {
+                    if let Some(&i) = ids.get(&format!("{stage}.{step}")) {
+                        outputs[i].entry(key).or_default();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     let view = View { ids: &ids, records: &records, outputs: &outputs };
     let rendered = ctx.render(&plan.graph[n], &view, &ctx.run_dir.join("unused-outputs"))?;
     match rendered.invocation {
@@ -56,18 +79,22 @@ pub async fn deploy_alone(
     }
 }
 
-/// The `${env.NAME}` names a step reads.
-fn env_refs(step: &crate::plan::PlannedStep) -> BTreeSet<String> {
+/// Every reference a step's templates make.
+fn refs(step: &crate::plan::PlannedStep) -> Vec<RefKind> {
     let mut step = step.clone();
     crate::plan::templates_mut(&mut step)
         .into_iter()
-        .flat_map(|(t, _)| {
-            t.refs()
-                .filter_map(|r| match &r.kind {
-                    RefKind::Env(name) => Some(name.clone()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
+        .flat_map(|(t, _)| t.refs().map(|r| r.kind.clone()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The `${env.NAME}` names a step reads.
+fn env_refs(step: &crate::plan::PlannedStep) -> BTreeSet<String> {
+    refs(step)
+        .into_iter()
+        .filter_map(|kind| match kind {
+            RefKind::Env(name) => Some(name),
+            _ => None,
         })
         .collect()
 }
