@@ -35,7 +35,10 @@ async fn killed_after_any_effect_then_resumed_or_rolled_back_ends_with_traffic_o
                     }
                     let killed_after = s.effects()[before + k - 1].clone();
                     if reboot {
-                        s.world.with(|w| w.running.clear());
+                        s.world.with(|w| {
+                            w.running.clear();
+                            w.checked.clear();
+                        });
                     }
                     let case = format!(
                         "{kind:?}, killed after `{killed_after}` (effect {k}/{n}){}, then {then:?}",
@@ -61,5 +64,6 @@ async fn killed_after_any_effect_then_resumed_or_rolled_back_ends_with_traffic_o
             }
         }
     }
+    eprintln!("{walked} paths walked");
     assert!(wrong.is_empty(), "{} of {walked} paths went wrong:\n{}", wrong.len(), wrong.join("\n"));
 }

@@ -70,3 +70,52 @@ async fn every_fault_of_a_role_or_an_instance_leaves_traffic_on_a_healthy_releas
     }
     assert!(wrong.is_empty(), "{} paths went wrong:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+/// How many calls (start, stop, check, route) a whole deploy of v2 over v1 makes.
+async fn calls_of_a_deploy(kind: Kind) -> usize {
+    let s = Setup::live(kind).await;
+    let before = s.world.with(|w| w.calls);
+    let (result, _) = s.deploy("v2").await.expect("not killed");
+    result.expect("v2 deploys");
+    s.world.with(|w| w.calls) - before
+}
+
+/// Every call of a deploy failing in turn, and the new version dying after
+/// every effect in turn: whatever fails, the deploy ends with nothing in
+/// progress, traffic only ever moved to healthy instances, and the live
+/// release serving; a v2 that died is never left live.
+#[tokio::test]
+async fn a_failure_at_every_call_and_a_death_after_every_effect_leave_a_healthy_release_live() {
+    let mut wrong = Vec::new();
+    let mut walked = 0;
+    for kind in Kind::ALL {
+        for k in 1..=calls_of_a_deploy(kind).await {
+            let s = Setup::live(kind).await;
+            s.world.with(|w| w.fail_call = Some(w.calls + k));
+            let (result, _) = s.deploy("v2").await.expect("not killed");
+            walked += 1;
+            if let Err(e) = s.settled() {
+                wrong.push(format!("{kind:?}, call {k} fails: {e} ({result:?})"));
+            }
+        }
+        let effects = {
+            let s = Setup::live(kind).await;
+            let before = s.effects().len();
+            s.deploy("v2").await.expect("not killed").0.expect("v2 deploys");
+            s.effects().len() - before
+        };
+        for k in 1..=effects {
+            let s = Setup::live(kind).await;
+            let before = s.effects().len();
+            s.world.with(|w| w.dies_after = Some((before + k, "v2".into())));
+            let (result, _) = s.deploy("v2").await.expect("not killed");
+            walked += 1;
+            let what = s.effects().get(before + k - 1).cloned().unwrap_or_default();
+            if let Err(e) = s.settled() {
+                wrong.push(format!("{kind:?}, v2 dies after `{what}` (effect {k}/{effects}): {e} ({result:?})"));
+            }
+        }
+    }
+    eprintln!("{walked} paths walked");
+    assert!(wrong.is_empty(), "{} of {walked} paths went wrong:\n{}", wrong.len(), wrong.join("\n"));
+}

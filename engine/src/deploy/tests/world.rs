@@ -38,9 +38,22 @@ pub struct State {
     /// Route calls (counted from 1) that fail.
     pub failing_routes: BTreeSet<usize>,
     pub routes_called: usize,
-    /// What must never happen: traffic sent to an instance that is not
-    /// running and healthy at that moment.
+    /// The call (start, stop, check or route; counted from 1) that fails
+    /// instead of acting: an instance that does not start or stop, a check
+    /// that finds it unhealthy, a proxy that refuses.
+    pub fail_call: Option<usize>,
+    pub calls: usize,
+    /// Right after this many effects, every instance of this version dies.
+    pub dies_after: Option<(usize, String)>,
+    /// What must never happen: more traffic sent to an instance that did
+    /// not pass its last health check (since it was started).
     pub violations: Vec<String>,
+    /// Each slot's last health check since it was started: passed or not.
+    pub checked: BTreeMap<String, bool>,
+    /// Slots pipe looked at (status or check) while they were not running.
+    pub seen_dead: BTreeSet<String>,
+    /// Slots whose stop failed (a fault injected): pipe said so; they may run on.
+    pub stop_failed: BTreeSet<String>,
 }
 
 /// The slots a test deployment has, and their (fake) ports.
@@ -64,6 +77,11 @@ impl World {
     async fn effect(&self, what: String) {
         let crash = self.with(|s| {
             s.effects.push(what);
+            if let Some((after, version)) = s.dies_after.clone()
+                && after == s.effects.len()
+            {
+                s.running.retain(|_, v| *v != version);
+            }
             if s.crash_after == Some(s.effects.len()) {
                 s.crash_after = None;
                 s.crashed.cancel();
@@ -75,6 +93,14 @@ impl World {
         if crash {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Counts a call; true when it is the one that fails.
+    fn fails(&self) -> bool {
+        self.with(|s| {
+            s.calls += 1;
+            s.fail_call == Some(s.calls)
+        })
     }
 
     fn healthy(s: &State, slot: &str) -> bool {
@@ -98,17 +124,27 @@ impl std::fmt::Debug for World {
 #[async_trait::async_trait]
 impl Instance for FakeInstance {
     async fn start(&self, _log: &StepLog, _cancel: &CancellationToken) -> Result<Option<ProcessGroup>, DeployError> {
+        if self.world.fails() {
+            return Err(DeployError::Instance(format!("{} did not start", self.describe())));
+        }
         let taken = self.world.with(|s| s.running.contains_key(&self.slot));
         if taken {
             // As a real instance would find its port taken.
             return Err(DeployError::Instance(format!("slot {}: address already in use", self.slot)));
         }
-        self.world.with(|s| s.running.insert(self.slot.clone(), self.version.clone()));
+        self.world.with(|s| {
+            s.running.insert(self.slot.clone(), self.version.clone());
+            s.checked.remove(&self.slot);
+        });
         self.world.effect(format!("start {} {}", self.slot, self.version)).await;
         Ok(None)
     }
 
     async fn stop(&self, _group: Option<&ProcessGroup>, _grace: Duration) -> Result<(), DeployError> {
+        if self.world.fails() {
+            self.world.with(|s| s.stop_failed.insert(self.slot.clone()));
+            return Err(DeployError::Instance(format!("slot {} did not stop", self.slot)));
+        }
         if self.world.with(|s| s.running.remove(&self.slot)).is_some() {
             self.world.effect(format!("stop {}", self.slot)).await;
         }
@@ -116,7 +152,14 @@ impl Instance for FakeInstance {
     }
 
     async fn status(&self, _group: Option<&ProcessGroup>) -> Status {
-        match self.world.with(|s| s.running.contains_key(&self.slot)) {
+        let running = self.world.with(|s| {
+            let running = s.running.contains_key(&self.slot);
+            if !running {
+                s.seen_dead.insert(self.slot.clone());
+            }
+            running
+        });
+        match running {
             true => Status::Running,
             false => Status::Dead("its processes have exited".into()),
         }
@@ -151,43 +194,55 @@ impl Role for FakeRole {
         match call {
             Call::Check { address } => {
                 let slot = slot_of(&address);
-                let ok = world.with(|s| World::healthy(s, &slot));
+                let ok = !world.fails()
+                    && world.with(|s| {
+                        let ok = World::healthy(s, &slot);
+                        if !s.running.contains_key(&slot) {
+                            s.seen_dead.insert(slot.clone());
+                        }
+                        s.checked.insert(slot.clone(), ok);
+                        ok
+                    });
                 world.effect(format!("check {slot}: {}", if ok { "healthy" } else { "unhealthy" })).await;
                 if ok { Ok(Reply::Done) } else { Err(format!("{address} refused the connection")) }
             }
             Call::Route { backends } => {
-                let failed = world.with(|s| {
-                    s.routes_called += 1;
-                    if s.failing_routes.contains(&s.routes_called) {
-                        return true;
-                    }
-                    // Traffic may stay on (or leave) a dead instance; more
-                    // of it must never go there.
-                    let share = |routes: &[Backend], address: &str| {
-                        let total: u32 = routes.iter().map(|b| b.weight).sum();
-                        let w = routes.iter().find(|b| b.address == address).map_or(0, |b| b.weight);
-                        f64::from(w) / f64::from(total.max(1))
-                    };
-                    for b in backends.iter().filter(|b| b.weight > 0) {
-                        let slot = slot_of(&b.address);
-                        if !World::healthy(s, &slot) && share(&backends, &b.address) > share(&s.routes, &b.address) {
-                            s.violations.push(format!("more traffic sent to slot {slot}, which is not healthy"));
+                let refused = world.fails();
+                let failed = refused
+                    || world.with(|s| {
+                        s.routes_called += 1;
+                        if s.failing_routes.contains(&s.routes_called) {
+                            return true;
                         }
-                    }
-                    s.routes = backends.clone();
-                    if let Some(v) = s.dies_when_routed.clone() {
-                        let doomed: Vec<String> = backends
-                            .iter()
-                            .filter(|b| b.weight > 0)
-                            .map(|b| slot_of(&b.address))
-                            .filter(|slot| s.running.get(slot) == Some(&v))
-                            .collect();
-                        doomed.iter().for_each(|slot| {
-                            s.running.remove(slot);
-                        });
-                    }
-                    false
-                });
+                        // Traffic may stay on (or leave) a dead instance; more
+                        // of it must never go there.
+                        let share = |routes: &[Backend], address: &str| {
+                            let total: u32 = routes.iter().map(|b| b.weight).sum();
+                            let w = routes.iter().find(|b| b.address == address).map_or(0, |b| b.weight);
+                            f64::from(w) / f64::from(total.max(1))
+                        };
+                        for b in backends.iter().filter(|b| b.weight > 0) {
+                            let slot = slot_of(&b.address);
+                            let passed = s.checked.get(&slot) == Some(&true);
+                            if !passed && share(&backends, &b.address) > share(&s.routes, &b.address) {
+                                s.violations
+                                    .push(format!("more traffic sent to slot {slot}, which did not just pass a check"));
+                            }
+                        }
+                        s.routes = backends.clone();
+                        if let Some(v) = s.dies_when_routed.clone() {
+                            let doomed: Vec<String> = backends
+                                .iter()
+                                .filter(|b| b.weight > 0)
+                                .map(|b| slot_of(&b.address))
+                                .filter(|slot| s.running.get(slot) == Some(&v))
+                                .collect();
+                            doomed.iter().for_each(|slot| {
+                                s.running.remove(slot);
+                            });
+                        }
+                        false
+                    });
                 if failed {
                     return Err("the proxy refused the configuration".into());
                 }
