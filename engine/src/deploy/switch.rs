@@ -74,9 +74,10 @@ impl Driver<'_> {
         }
         if p.phase <= Phase::Switch {
             match (&self.d.strategy, p.action, from) {
-                // Going back, and on a first release (nothing to compare with), all at once.
                 (StrategyRun::Canary(c), Action::Deploy, Some(from)) => self.canary(c, p, to, from).await?,
-                _ => {
+                // Blue-green; a canary going back, or on a first release (nothing
+                // to compare with): all at once. (Rolling never switches slots here.)
+                (StrategyRun::BlueGreen | StrategyRun::Canary(_) | StrategyRun::Rolling(_), _, _) => {
                     self.enter(Phase::Switch, format!("sending traffic to slot {}", to.name)).await?;
                     self.switch_started = Some(Instant::now());
                     let mut shares = vec![Share { slot: to, weight: 1, required: true }];

@@ -285,7 +285,7 @@ impl Deploy {
         };
         let analysis = match strategy {
             Strategy::Canary(c) => c.analysis.as_mut().map(|a| &mut a.role),
-            _ => None,
+            Strategy::BlueGreen | Strategy::Rolling(_) => None,
         };
         let roles = [health, traffic]
             .into_iter()
