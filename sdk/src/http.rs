@@ -65,10 +65,12 @@ impl Request {
         // A known length, not chunked encoding: many webhooks insist on it.
         if !self.body.is_empty() && !self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
             let length = self.body.len().to_string();
-            headers.append("content-length", length.as_bytes()).map_err(|e| format!("content-length: {e:?}"))?;
+            headers
+                .append("content-length", length.as_bytes())
+                .map_err(|e| format!("content-length: {}", words(&e)))?;
         }
         for (k, v) in &self.headers {
-            headers.append(k, v.as_bytes()).map_err(|e| format!("header `{k}`: {e:?}"))?;
+            headers.append(k, v.as_bytes()).map_err(|e| format!("header `{k}`: {}", words(&e)))?;
         }
         let request = OutgoingRequest::new(headers);
         let method = match self.method.to_ascii_uppercase().as_str() {
@@ -90,10 +92,12 @@ impl Request {
         {
             let stream = body.write().map_err(|()| "cannot write the request body".to_string())?;
             for chunk in self.body.chunks(4096) {
-                stream.blocking_write_and_flush(chunk).map_err(|e| format!("writing the request body: {e:?}"))?;
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| format!("writing the request body: {}", words(&e)))?;
             }
         }
-        OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request body: {e:?}"))?;
+        OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request body: {}", words(&e)))?;
         let options = RequestOptions::new();
         if let Some(t) = self.timeout {
             let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
@@ -102,11 +106,11 @@ impl Request {
             let _ = options.set_between_bytes_timeout(Some(nanos));
         }
         let pending = outgoing_handler::handle(request, Some(options))
-            .map_err(|e| format!("{} {}: {e:?}", self.method, self.url))?;
+            .map_err(|e| format!("{} {}: {}", self.method, self.url, words(&e)))?;
         pending.subscribe().block();
         let response = match pending.get() {
             Some(Ok(Ok(r))) => r,
-            Some(Ok(Err(e))) => return Err(format!("{} {}: {e:?}", self.method, self.url)),
+            Some(Ok(Err(e))) => return Err(format!("{} {}: {}", self.method, self.url, words(&e))),
             Some(Err(())) | None => return Err(format!("{} {}: no response", self.method, self.url)),
         };
         let status = response.status();
@@ -124,12 +128,32 @@ impl Request {
                 match stream.blocking_read(64 * 1024) {
                     Ok(chunk) => body.extend_from_slice(&chunk),
                     Err(wasip2::io::streams::StreamError::Closed) => break,
-                    Err(e) => return Err(format!("reading the response body: {e:?}")),
+                    Err(e) => return Err(format!("reading the response body: {}", words(&e))),
                 }
             }
         }
         Ok(Response { status, headers, body })
     }
+}
+
+/// A WASI error in words, as people read it in a step's log:
+/// `ConnectionRefused` becomes `connection refused`, a payload follows as is.
+pub fn words(e: &impl std::fmt::Debug) -> String {
+    let debug = format!("{e:?}");
+    let (name, rest) = debug.split_at(debug.find(['(', ' ', '{']).unwrap_or(debug.len()));
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    let rest = rest.trim();
+    if !rest.is_empty() {
+        out.push(' ');
+        out.push_str(rest);
+    }
+    out
 }
 
 /// An outgoing request's target, read by the `http` crate's URI parser
@@ -161,7 +185,7 @@ impl Url {
 
 #[cfg(test)]
 mod tests {
-    use super::Url;
+    use super::{Url, words};
 
     #[test]
     fn urls_with_ipv6_ports_and_queries() {
@@ -171,5 +195,17 @@ mod tests {
         assert_eq!((u.https, u.authority.as_str(), u.path.as_str()), (true, "hooks.example.com", "/?x=1"));
         assert!(Url::parse("ftp://x/").is_err());
         assert!(Url::parse("http:///path").is_err());
+    }
+
+    #[test]
+    fn wasi_errors_read_as_words() {
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        enum ErrorCode {
+            ConnectionRefused,
+            InternalError(Option<String>),
+        }
+        assert_eq!(words(&ErrorCode::ConnectionRefused), "connection refused");
+        assert_eq!(words(&ErrorCode::InternalError(Some("x".into()))), "internal error (Some(\"x\"))");
     }
 }

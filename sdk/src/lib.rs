@@ -248,6 +248,12 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("bad duration `{text}`: {e}"))
 }
 
+/// A duration as people read it, in pipe's grammar, to the millisecond:
+/// `12ms`, `1s 500ms` (never Rust's `1.624189ms`).
+pub fn shown(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
 /// The pipeline's persistent state: small facts that outlive a run, stored
 /// under this plugin's name.
 pub mod state {

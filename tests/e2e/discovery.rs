@@ -79,7 +79,7 @@ fn check_reports_every_file() {
         .file("pipelines/bad.kdl", r#"pipeline "bad" { stage "s" { step "x" { rnu "true" } } }"#)
         .args(&["check"])
         .expect(2);
-    assert!(out.stdout.contains("✓ good (pipelines/good.kdl): 1 stages, 1 steps"), "{}", out.stdout);
+    assert!(out.stdout.contains("✓ good (pipelines/good.kdl): 1 stage, 1 step"), "{}", out.stdout);
     assert!(out.stderr.contains("unknown node `rnu` in a step"), "{}", out.stderr);
 }
 

@@ -220,7 +220,11 @@ fn a_changed_plugin_is_refused_until_locked_again() {
     std::fs::write(&plugin, &original).expect("install");
     let first = test.command().arg("run").output().expect("run");
     assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(std::fs::read_to_string(dir.join("pipe.lock")).expect("lock").contains("\"hostile\""));
+    let lock = std::fs::read_to_string(dir.join("pipe.lock")).expect("lock");
+    assert!(lock.contains("\"hostile\""), "{lock}");
+    // Relative to the repository: the same file in every checkout.
+    assert!(lock.contains("\"origin\": \".pipe/plugins/hostile.wasm\""), "{lock}");
+    assert!(!lock.contains(dir.to_str().expect("utf-8")), "an absolute path: {lock}");
 
     // The same component with one more custom section: a different digest.
     let mut changed = original.clone();
@@ -262,6 +266,19 @@ fn plugin_tools_inspect_and_run_one_plugin_alone() {
     assert!(inspect.stdout.contains("hostile 0.1.0 — Misbehaves on purpose"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains("interface   pipe:plugin@0.2.0"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains("roles       uses"), "{}", inspect.stdout);
+    // Built-ins by name, as a step's `uses` names them; and the list of what can be named.
+    let builtin = Test::new().args(&["plugin", "inspect", "http-check"]).expect(0);
+    assert!(
+        builtin.stdout.contains("http-check ") && builtin.stdout.contains("from        built-in"),
+        "{}",
+        builtin.stdout
+    );
+    let unknown = Test::new().args(&["plugin", "inspect", "http-chek"]).expect(2);
+    assert!(unknown.stderr.contains("did you mean `http-check`?"), "{}", unknown.stderr);
+    let listed = Test::new().args(&["plugin", "list"]).expect(0);
+    for name in ["http-check", "nginx-switch", "haproxy-switch", "notify"] {
+        assert!(listed.stdout.lines().any(|l| l.starts_with(name) && l.ends_with("built-in")), "{}", listed.stdout);
+    }
     let ok = Test::new().args(&["plugin", "run", path, "mode=ok"]).expect(0);
     assert!(ok.stdout.contains("output: done=yes"), "{}", ok.stdout);
     let denied = Test::new().args(&["plugin", "run", path, "mode=exec"]).expect(1);

@@ -18,6 +18,27 @@ fn runs_and_logs_show_history() {
     assert!(logs.stdout.contains("hello from the log"), "{}", logs.stdout);
 }
 
+/// A step that failed before it printed anything (here, a reference that
+/// cannot be rendered) still says why in `pipe logs`.
+#[test]
+fn logs_of_a_step_that_failed_before_printing_say_why() {
+    let out = Test::new()
+        .pipeline(
+            r#"pipeline "p" { stage "s" {
+                step "a" { run "true" }
+                step "b" { needs "a"; run "echo ${steps.s.a.outputs.missing}" }
+            } }"#,
+        )
+        .args(&["run"])
+        .expect(1);
+    let dir = out.dir.to_str().expect("utf-8");
+    let one = Test::new().args(&["-C", dir, "logs", "last", "b"]).expect(0);
+    assert!(one.stdout.contains("[pipe] failed before printing anything:"), "{}", one.stdout);
+    assert!(one.stdout.contains("set no output `missing`"), "{}", one.stdout);
+    let all = Test::new().args(&["-C", dir, "logs", "last"]).expect(0);
+    assert!(all.stdout.contains("── s.b (failed) ──"), "{}", all.stdout);
+}
+
 #[test]
 fn rerun_failed_runs_only_what_failed_or_was_skipped() {
     let test = Test::new().pipeline(

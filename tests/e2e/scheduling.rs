@@ -233,6 +233,53 @@ fn json_format_emits_one_event_per_line() {
     assert!(events.iter().any(|e| e["event"] == "step-finished" && e["status"] == "succeeded"));
 }
 
+/// Every line of `--format json` — a retry, a failure, a skip included — is
+/// valid against the published schema (checked by Python's `jsonschema`), has
+/// a timestamp, and names its step `step` when it is about one.
+#[test]
+fn json_events_follow_their_schema_with_timestamps_and_step_names() {
+    let out = Test::new()
+        .pipeline(
+            r#"pipeline "p" { stage "s" {
+                step "hello" { run "echo hi" }
+                step "flaky" { run "echo try >&2; exit 1"; retry 1 backoff="10ms" }
+                step "after" { needs "flaky"; run "true" }
+            } }"#,
+        )
+        .args(&["run", "--format", "json"])
+        .expect(1);
+    let events: Vec<serde_json::Value> =
+        out.stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    for e in &events {
+        assert!(e["at"].as_str().is_some_and(|t| t.ends_with('Z')), "no timestamp: {e}");
+        if e["event"].as_str().is_some_and(|k| k.starts_with("step-")) {
+            assert!(e["step"].is_string(), "a step event without `step`: {e}");
+        }
+    }
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(kinds.contains(&"step-retrying"), "{kinds:?}");
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/events.schema.json");
+    let check = "import json, sys, jsonschema\n\
+                 schema = json.load(open(sys.argv[1]))\n\
+                 jsonschema.Draft202012Validator.check_schema(schema)\n\
+                 v = jsonschema.Draft202012Validator(schema)\n\
+                 for n, line in enumerate(sys.stdin, 1):\n\
+                 \x20   for e in v.iter_errors(json.loads(line)):\n\
+                 \x20       print(f'line {n}: {e.message}'); sys.exit(1)\n";
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", check])
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (`bash .ci/setup` installs python3-jsonschema)");
+    std::io::Write::write_all(&mut python.stdin.take().expect("stdin"), out.stdout.as_bytes()).expect("write");
+    let checked = python.wait_with_output().expect("python3");
+    let said = format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success(), "the events do not follow schemas/events.schema.json: {said}");
+}
+
 #[test]
 fn invalid_pipelines_exit_2_and_start_nothing() {
     let out = Test::new()

@@ -70,10 +70,26 @@ fn completions_and_init() {
         assert_eq!(out.code, 0);
         assert!(out.stdout.contains("pipe") && out.stdout.contains("deploy"), "{shell}");
     }
-    let test = Test::new().file("Cargo.toml", "[package]\nname = \"demo\"\n");
+    // `pipe completions bash | head`: the reader goes away; no panic, no backtrace.
+    let empty = Test::new();
+    let mut child = empty
+        .command()
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pipe");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+
+    let test = Test::new().file("Cargo.toml", "[package]\nname = \"demo\"\n").file(".gitignore", "target");
     let init = test.pipe(&["init"], &[]);
     assert_eq!(init.code, 0, "{}", init.stderr);
     assert!(init.stdout.contains("Rust project"), "{}", init.stdout);
+    // pipe's own state is never committed: `.pipe/` joins the .gitignore, once.
+    assert_eq!(std::fs::read_to_string(test.path().join(".gitignore")).expect("gitignore"), "target\n.pipe/\n");
     let text = std::fs::read_to_string(test.path().join("pipe.kdl")).expect("written");
     assert!(text.contains("cargo test") && text.contains("cache {"), "{text}");
     let check = test.pipe(&["check"], &[]);

@@ -43,6 +43,11 @@ pub fn dispatch(cli: Cli) -> u8 {
     }
 }
 
+/// `1 step`, `2 steps`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
 /// Entries `pipe cache` lists, most recently used first.
 const SHOWN_ENTRIES: usize = 50;
 
@@ -186,7 +191,13 @@ fn check(root: &Path, file: Option<&Path>, names: &[String]) -> u8 {
                     continue;
                 }
                 good += 1;
-                println!("✓ {} ({}): {} stages, {} steps", plan.pipeline, p.file, plan.stages.len(), plan.len());
+                println!(
+                    "✓ {} ({}): {}, {}",
+                    plan.pipeline,
+                    p.file,
+                    count(plan.stages.len(), "stage"),
+                    count(plan.len(), "step")
+                );
             }
             Err(errs) => {
                 bad += errs.len();
@@ -236,7 +247,7 @@ fn list(root: &Path, file: Option<&Path>, format: Format) -> u8 {
                 writeln!(out, "{}", serde_json::json!({ "pipeline": plan.pipeline, "file": p.file, "stages": stages }));
             continue;
         }
-        let _ = writeln!(out, "{} ({}, {} steps)", plan.pipeline, p.file, plan.len());
+        let _ = writeln!(out, "{} ({}, {})", plan.pipeline, p.file, count(plan.len(), "step"));
         for s in &plan.stages {
             let count = plan.graph.node_weights().filter(|w| w.stage == s.name).count();
             let needs = if s.needs.is_empty() { String::new() } else { format!(" ← {}", s.needs.join(", ")) };
@@ -323,13 +334,24 @@ fn logs(root: &Path, run: &str, step: Option<&str>) -> u8 {
         let text = std::fs::read_to_string(&path)
             .or_else(|_| std::fs::read_to_string(path.with_extension("log.partial")))
             .unwrap_or_default();
+        // A step that failed before it printed anything still says why.
+        let why = rec.reason.as_deref().filter(|_| text.is_empty() && rec.is_failure());
         if step.is_none() {
-            if text.is_empty() {
+            if text.is_empty() && why.is_none() {
                 continue;
             }
             let _ = writeln!(out, "── {} ({}) ──", rec.id, rec.status.as_str());
         }
         let _ = write!(out, "{text}");
+        match why {
+            Some(why) => {
+                let _ = writeln!(out, "[pipe] {} before printing anything: {why}", rec.status.as_str());
+            }
+            None if text.is_empty() => {
+                let _ = writeln!(out, "[pipe] {} printed nothing ({})", rec.id, rec.status.as_str());
+            }
+            None => {}
+        }
     }
     exit::OK
 }

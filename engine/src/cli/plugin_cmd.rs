@@ -30,10 +30,13 @@ pub enum PluginCommand {
     Build { dir: Option<PathBuf> },
     /// Show a plugin's name, version, interface version, settings and capabilities.
     Inspect {
-        file: PathBuf,
+        /// A `.wasm` file, or a name as a step's `uses` gives it (`http-check`).
+        plugin: String,
         #[arg(long)]
         json: bool,
     },
+    /// List the plugins steps can name, and where each comes from.
+    List,
     /// Run one plugin alone with `key=value` settings, granting only what is given.
     Run {
         file: PathBuf,
@@ -65,7 +68,8 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: PluginCommand) -> u8 
     match command {
         PluginCommand::New { name, path } => new(&name, path.unwrap_or_else(|| PathBuf::from(&name))),
         PluginCommand::Build { dir } => build(&dir.unwrap_or_else(|| PathBuf::from("."))),
-        PluginCommand::Inspect { file, json } => rt.block_on(inspect(&file, json)),
+        PluginCommand::Inspect { plugin, json } => rt.block_on(inspect(root, &plugin, json)),
+        PluginCommand::List => rt.block_on(list(root)),
         PluginCommand::Run { file, settings, net, read, write, exec, memory, timeout } => {
             let granted =
                 Granted { net, read: absolute(read), write: absolute(write), exec: split(exec), ..Granted::default() };
@@ -77,17 +81,42 @@ pub fn dispatch(root: &Path, file: Option<&Path>, command: PluginCommand) -> u8 
 }
 
 async fn load(file: &Path) -> Result<Arc<Prepared>, u8> {
-    let fail = |e: &dyn miette::Diagnostic| {
-        eprint(e);
-        exit::INVALID
-    };
     let bytes = std::fs::read(file).map_err(|e| {
         eprintln!("error: cannot read {}: {e}", file.display());
         exit::INVALID
     })?;
     let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    let resolved =
-        Resolved { name: file.display().to_string(), origin: file.display().to_string(), bytes: bytes.into(), sha256 };
+    let name = file.display().to_string();
+    prepare(Resolved { name: name.clone(), origin: name, bytes: bytes.into(), sha256 }).await
+}
+
+/// A file if `plugin` is one, else a name looked up as a step's `uses` would.
+async fn find(root: &Path, plugin: &str) -> Result<Arc<Prepared>, u8> {
+    let path = Path::new(plugin);
+    if path.is_file() || plugin.ends_with(".wasm") || plugin.contains('/') {
+        return load(path).await;
+    }
+    match plugin::resolve::by_name(plugin, root) {
+        Some(Ok(resolved)) => prepare(resolved).await,
+        Some(Err(e)) => {
+            eprint(&e);
+            Err(exit::INVALID)
+        }
+        None => {
+            let names: Vec<String> = plugin::resolve::available(root).into_iter().map(|(n, _)| n).collect();
+            let hint = crate::lang::error::did_you_mean(plugin, names.iter().map(String::as_str))
+                .unwrap_or_else(|| format!("plugins: {}", names.join(", ")));
+            eprintln!("error: no plugin `{plugin}` (no such file, and no plugin of that name); {hint}");
+            Err(exit::INVALID)
+        }
+    }
+}
+
+async fn prepare(resolved: Resolved) -> Result<Arc<Prepared>, u8> {
+    let fail = |e: &dyn miette::Diagnostic| {
+        eprint(e);
+        exit::INVALID
+    };
     let host = Host::global().map_err(|e| fail(&e))?;
     let (component, version, _) =
         host.load(&resolved).map_err(|e| fail(&plugin::load_error(&resolved.name, e, None)))?;
@@ -95,8 +124,21 @@ async fn load(file: &Path) -> Result<Arc<Prepared>, u8> {
     Ok(Arc::new(Prepared { resolved, component, version, info }))
 }
 
-async fn inspect(file: &Path, json: bool) -> u8 {
-    let p = match load(file).await {
+/// `pipe plugin list`: each plugin a step can name, where it comes from, what it is.
+async fn list(root: &Path) -> u8 {
+    println!("{:<18} {:<10} {:<28} FROM", "NAME", "VERSION", "ROLES");
+    for (name, origin) in plugin::resolve::available(root) {
+        let (version, roles) = match find(root, &name).await {
+            Ok(p) => (p.info.version.clone(), p.info.roles.iter().map(|r| r.node()).collect::<Vec<_>>().join(", ")),
+            Err(_) => ("?".into(), "(cannot be loaded)".into()),
+        };
+        println!("{name:<18} {version:<10} {roles:<28} {origin}");
+    }
+    exit::OK
+}
+
+async fn inspect(root: &Path, plugin: &str, json: bool) -> u8 {
+    let p = match find(root, plugin).await {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -107,6 +149,7 @@ async fn inspect(file: &Path, json: bool) -> u8 {
     }
     println!("{} {} — {}", i.name, i.version, i.summary);
     println!("interface   pipe:plugin@{}", i.interface);
+    println!("from        {}", p.resolved.origin);
     println!("sha256      {}", p.resolved.sha256);
     let caps = if i.capabilities.is_empty() { "none".to_string() } else { i.capabilities.join(", ") };
     println!("needs       {caps}");

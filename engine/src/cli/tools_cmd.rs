@@ -63,8 +63,16 @@ pub fn fmt(root: &Path, files: &[PathBuf], check: bool) -> u8 {
 /// `pipe completions SHELL`: the script, on stdout.
 pub fn completions(shell: clap_complete::Shell) -> u8 {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "pipe", &mut std::io::stdout());
-    exit::OK
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "pipe", &mut script);
+    // `pipe completions bash | head`: a reader that stops early is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write the completions: {e}");
+            exit::FAILED
+        }
+        _ => exit::OK,
+    }
 }
 
 /// `pipe init`: a commented starter `pipe.kdl` for what the repository holds.
@@ -82,8 +90,33 @@ pub fn init(root: &Path) -> u8 {
         eprintln!("error: {e}");
         return exit::FAILED;
     }
-    println!("wrote pipe.kdl for a {kind} project; `pipe check` validates it, `pipe run` runs it");
+    let ignored = match ignore_state(root) {
+        Ok(true) => "; added `.pipe/` (pipe's runs, cache and state) to .gitignore",
+        Ok(false) => "",
+        Err(e) => {
+            eprintln!("warning: cannot add `.pipe/` to .gitignore: {e}");
+            ""
+        }
+    };
+    println!("wrote pipe.kdl for a {kind} project{ignored}; `pipe check` validates it, `pipe run` runs it");
     exit::OK
+}
+
+/// Adds `.pipe/` to the repository's `.gitignore` unless a line already
+/// ignores it; whether it did.
+fn ignore_state(root: &Path) -> std::io::Result<bool> {
+    let path = root.join(".gitignore");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    if text.lines().map(str::trim).any(|l| matches!(l, ".pipe" | ".pipe/" | "/.pipe" | "/.pipe/")) {
+        return Ok(false);
+    }
+    let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+    crate::state::write_atomic(&path, format!("{text}{sep}.pipe/\n").as_bytes()).map_err(std::io::Error::other)?;
+    Ok(true)
 }
 
 fn starter(root: &Path, name: &str) -> (&'static str, String) {

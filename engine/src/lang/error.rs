@@ -229,14 +229,19 @@ impl Errors {
     }
 }
 
-/// "did you mean" for a misspelt name among the known ones.
+/// "did you mean" for a misspelt name among the known ones: similar enough
+/// (Jaro-Winkler), or one typo away — a letter wrong, missing, extra, or two
+/// swapped (`rnu` for `run`), which short names score low on.
 pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
     known
         .into_iter()
-        .map(|k| (strsim::jaro_winkler(name, k), k))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| format!("did you mean `{k}`?"))
+        .filter_map(|k| {
+            let typo = name.chars().count() >= 3 && strsim::osa_distance(name, k) <= 1;
+            let similar = strsim::jaro_winkler(name, k);
+            (typo || similar > 0.8).then_some((typo, similar, k))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+        .map(|(_, _, k)| format!("did you mean `{k}`?"))
 }
 
 pub fn expected_one_of(known: &[&str]) -> String {

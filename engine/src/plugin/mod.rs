@@ -19,7 +19,7 @@ mod host_api;
 mod instance;
 mod interface;
 pub mod lockfile;
-mod resolve;
+pub mod resolve;
 mod sandbox;
 mod stderr;
 
@@ -159,7 +159,12 @@ async fn load(
     lock_changed: &mut bool,
 ) -> Result<Arc<Prepared>, PluginError> {
     let resolved = resolve(&uses.value, &uses.loc, dir, root)?;
-    let pin = Pin { sha256: resolved.sha256.clone(), origin: resolved.origin.clone() };
+    // Where it came from, relative to the repository when inside it: the
+    // same pin in every checkout, wherever it is cloned.
+    let origin = Path::new(&resolved.origin)
+        .strip_prefix(root)
+        .map_or_else(|_| resolved.origin.clone(), |p| p.display().to_string());
+    let pin = Pin { sha256: resolved.sha256.clone(), origin };
     // Built-ins ship inside pipe: the binary is what pins them. (Their bytes
     // also differ between checkouts built in different directories.)
     let pinned = if resolved.origin == "built-in" { None } else { lock.plugins.get(&uses.value) };

@@ -44,22 +44,69 @@ pub fn resolve(uses: &str, at: &Loc, pipeline_dir: &Path, root: &Path) -> Result
         }
         return Err(not_found(uses, at, Some(format!("no file {}", path.display()))));
     }
-    let file = format!("{uses}.wasm");
-    let mut dirs = vec![root.join(".pipe").join("plugins")];
-    if let Some(paths) = std::env::var_os("PIPE_PLUGIN_PATH") {
-        dirs.extend(std::env::split_paths(&paths));
-    }
-    if let Some(path) = dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
-        return read(path);
-    }
-    match builtin::PLUGINS.iter().find(|(n, _)| *n == uses) {
-        Some((_, bytes)) => Ok(resolved(uses, "built-in".into(), Arc::from(*bytes))),
+    match by_name(uses, root) {
+        Some(found) => found,
         None => {
             let help = crate::lang::error::did_you_mean(uses, builtin_names())
                 .or_else(|| Some(format!("built-in plugins: {}", builtin_names().join(", "))));
             Err(not_found(uses, at, help))
         }
     }
+}
+
+/// Where plugins are looked up by name, in order: `.pipe/plugins/`, then
+/// each directory of `$PIPE_PLUGIN_PATH` (the built-ins come last).
+fn search_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.join(".pipe").join("plugins")];
+    if let Some(paths) = std::env::var_os("PIPE_PLUGIN_PATH") {
+        dirs.extend(std::env::split_paths(&paths));
+    }
+    dirs
+}
+
+/// A plugin by name, as a step's `uses "name"` finds it; `None` when no
+/// directory and no built-in has it.
+pub fn by_name(name: &str, root: &Path) -> Option<Result<Resolved, PluginError>> {
+    let file = format!("{name}.wasm");
+    if let Some(path) = search_dirs(root).iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+        let read = std::fs::read(&path).map_err(|source| PluginError::Io {
+            action: "read",
+            path: path.display().to_string(),
+            source,
+        });
+        return Some(read.map(|bytes| resolved(name, path.display().to_string(), bytes.into())));
+    }
+    let (_, bytes) = builtin::PLUGINS.iter().find(|(n, _)| *n == name)?;
+    Some(Ok(resolved(name, "built-in".into(), Arc::from(*bytes))))
+}
+
+/// Every plugin a step can name, with where it comes from; a name found in
+/// a directory hides the built-in (and later directories) of that name.
+pub fn available(root: &Path) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for dir in search_dirs(root) {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut names: Vec<(String, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                let name = path.file_name()?.to_str()?.strip_suffix(".wasm")?.to_string();
+                path.is_file().then(|| (name, path.display().to_string()))
+            })
+            .collect();
+        names.sort();
+        for (name, origin) in names {
+            if !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, origin));
+            }
+        }
+    }
+    for name in builtin_names() {
+        if !found.iter().any(|(n, _)| n == name) {
+            found.push((name.to_string(), "built-in".into()));
+        }
+    }
+    found
 }
 
 fn resolved(name: &str, origin: String, bytes: Arc<[u8]>) -> Resolved {

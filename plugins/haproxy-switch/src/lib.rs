@@ -118,7 +118,7 @@ fn route(c: &Config, backends: &[Backend]) -> Result<String, String> {
     let left: Vec<&str> = leaving.iter().map(|s| s.name.as_str()).collect();
     let drain_note = match (&drained, left.is_empty()) {
         (_, true) => String::new(),
-        (Ok(()), false) => format!("; {} drained in {:?} and in maintenance", left.join(", "), started.elapsed()),
+        (Ok(()), false) => format!("; {} drained in {} and in maintenance", left.join(", "), pipe_sdk::shown(started.elapsed())),
         (Err(e), false) => format!("; {} put in maintenance anyway: {e}", left.join(", ")),
     };
     Ok(format!("{}: {} ready{drain_note}", c.backend, live.join(", ")))
@@ -131,7 +131,7 @@ fn wait(timeout: Duration, what: &str, mut done: impl FnMut() -> Result<bool, St
             return Ok(());
         }
         if started.elapsed() > timeout {
-            return Err(format!("gave up waiting for {what} after {timeout:?}"));
+            return Err(format!("gave up waiting for {what} after {}", pipe_sdk::shown(timeout)));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -107,7 +107,7 @@ fn once(c: &Config, url: &str) -> Result<String, String> {
     pipe_sdk::output("status", &resp.status.to_string())?;
     pipe_sdk::output("latency-ms", &latency.as_millis().to_string())?;
     verdict(c, &resp)?;
-    Ok(format!("{} {url} → {} in {latency:?}", c.method, resp.status))
+    Ok(format!("{} {url} → {} in {}", c.method, resp.status, pipe_sdk::shown(latency)))
 }
 
 fn verdict(c: &Config, resp: &http::Response) -> Result<(), String> {

@@ -23,9 +23,26 @@ pub fn console(format: Format, plan: &Plan) -> Box<dyn Subscriber> {
 /// One JSON object per event and line.
 struct Json(std::io::BufWriter<std::io::Stdout>);
 
+/// One line of `--format json` (`schemas/events.schema.json`): every event
+/// says when it was written, and every event about a step names it `step`
+/// (a finished step's record calls it `id` as well).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a str>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
 impl Subscriber for Json {
     fn event(&mut self, event: &Event) {
-        if let Ok(line) = serde_json::to_string(event) {
+        let step = match event {
+            Event::StepFinished(record) => Some(record.id.as_str()),
+            _ => None,
+        };
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        if let Ok(line) = serde_json::to_string(&Line { at, step, event }) {
             let _ = writeln!(self.0, "{line}");
         }
     }
