@@ -208,7 +208,11 @@ fn a_canary_waits_for_promote_or_abort_from_another_process() {
     let status = pipe(&repo, &["deploy", "status"], "v2", "0");
     assert!(status.stdout.contains("weights     50% on v2"), "{}", status.stdout);
     assert!(status.stdout.contains("waiting for promotion of v2 from 50%"), "{}", status.stdout);
-    let promote = pipe(&repo, &["deploy", "promote"], "v2", "0");
+    // The command the message gives works as given (it once named the
+    // deployment where the pipeline goes: "no pipeline named web").
+    let given = status.stdout.split("`pipe deploy promote ").nth(1).and_then(|r| r.split('`').next());
+    let given: Vec<&str> = given.expect("the message says how to promote").split(' ').collect();
+    let promote = pipe(&repo, &[&["deploy", "promote"][..], &given].concat(), "v2", "0");
     assert_eq!(promote.code, 0, "{}{}", promote.stdout, promote.stderr);
     let out = run.wait_with_output().expect("pipe run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));

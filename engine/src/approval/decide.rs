@@ -76,7 +76,7 @@ pub fn decide(
     };
     let decision = Decision {
         approved,
-        by: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "someone".into()),
+        by: who_decides(),
         reason,
         at: now(),
         nonce: gate.nonce.clone(),
@@ -96,4 +96,16 @@ pub fn shown(message: &str) -> String {
 fn default_key() -> Option<PathBuf> {
     let home = PathBuf::from(std::env::var_os("HOME")?);
     DEFAULT_KEYS.iter().map(|k| home.join(".ssh").join(k)).find(|p| p.is_file())
+}
+
+/// Who is deciding, as the shell says (`$USER`, `$LOGNAME`), else as the
+/// system knows the uid (a container or a CI job often sets neither).
+fn who_decides() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| {
+        let uid = nix::unistd::getuid();
+        match nix::unistd::User::from_uid(uid) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid {uid}"),
+        }
+    })
 }

@@ -147,7 +147,9 @@ impl Driver<'_> {
         let began = Instant::now();
         let d = self.d;
         let gate = Gate::open(&d.root, &d.pipeline, &d.run_id, &d.step, what, timeout, d.approvers.clone())?;
-        let how = format!("`pipe deploy promote {0}` or `pipe deploy abort {0}`", d.name);
+        // The command takes the pipeline, then the deployment.
+        let target = format!("{} {}", d.pipeline, d.name);
+        let how = format!("`pipe deploy promote {target}` or `pipe deploy abort {target}`");
         let waiting = format!("{what} — {how}");
         self.note(format!("waiting for {waiting}"));
         self.log.waiting(Some(&waiting));

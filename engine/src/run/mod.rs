@@ -63,6 +63,9 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
     // block: off the runtime thread, which the reporter shares.
     let (root, pipeline, id, wait) = (opts.root.clone(), plan.pipeline.clone(), run_id.clone(), opts.wait);
     let lock = blocking(move || RunLock::acquire(&root, &pipeline, &id, wait)).await?;
+    // The run's time counts from here (after any `--wait` in the queue):
+    // preparing plugins, images and services is part of it.
+    let (started, started_at) = (Instant::now(), SystemTime::now());
     // One clear error before any step starts, not one per container step.
     let docker = if plan.uses_docker() {
         let docker = crate::docker::client().await?;
@@ -91,14 +94,13 @@ pub async fn run(plan: &Plan, opts: RunOptions, events: Events) -> Result<RunRec
         _ => None,
     };
     let ctx = Arc::new(ctx);
-    let started = Instant::now();
     let mut record = RunRecord {
         id: run_id.clone(),
         pipeline: plan.pipeline.clone(),
         file: opts.file,
         git_sha: ctx.git.sha.clone(),
         git_branch: ctx.git.branch.clone(),
-        started_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        started_at: humantime::format_rfc3339_millis(started_at).to_string(),
         finished_at: None,
         status: RunStatus::Running,
         duration_ms: 0,
