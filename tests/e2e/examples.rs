@@ -74,7 +74,22 @@ fn the_shop_journeys_run_behind_nginx_and_haproxy() {
     let _teardown = Teardown(&test);
     for (pipeline, port) in [("shop", 18080), ("shop-haproxy", 18090)] {
         let out = test.pipe(&["run", pipeline], &[]);
-        assert_eq!(out.code, 0, "{pipeline}:\n{}\n{}", out.stdout, out.stderr);
+        if out.code != 0 {
+            // What the proxy saw, to tell a failing backend from a cut connection.
+            let logs = ["target/shop/nginx/logs/error.log", "target/shop/nginx/logs/access.log"];
+            let tails: Vec<String> = logs
+                .iter()
+                .map(|l| {
+                    let text = std::fs::read_to_string(test.path().join(l)).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    format!("── {l} ──\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+                })
+                .collect();
+            let record = out.record();
+            let probe = record["steps"].as_array().and_then(|s| s.iter().find(|s| s["id"] == "v2.shop"));
+            let probe = probe.map(|s| s["details"]["probe"].to_string()).unwrap_or_default();
+            panic!("{pipeline}:\n{}\n{}\nprobe: {probe}\n{}", out.stdout, out.stderr, tails.join("\n"));
+        }
         let record = out.record();
         let v2 = record["steps"].as_array().expect("steps").iter().find(|s| s["id"] == "v2.shop").expect("v2").clone();
         assert_eq!(v2["details"]["outcome"], "deployed", "{v2:#}");

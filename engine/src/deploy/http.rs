@@ -92,13 +92,30 @@ impl Connection {
                 self.used += 1;
                 Ok(answer)
             }
-            Ok(Err(e)) if self.used > 0 && (e.is_incomplete_message() || e.is_canceled() || e.is_closed()) => {
+            Ok(Err(e))
+                if self.used > 0 && (e.is_incomplete_message() || e.is_canceled() || e.is_closed() || reset(&e)) =>
+            {
                 Err(Failure::Closed)
             }
             Ok(Err(e)) => Err(Failure::Error(e.to_string())),
             Err(_) => Err(Failure::Error(format!("no answer within {}", super::instance::fmt(timeout)))),
         }
     }
+}
+
+/// Whether the peer reset the connection: on a reused keep-alive connection
+/// that is a proxy's worker going away (a reload), which browsers answer by
+/// sending the GET again, like a close.
+fn reset(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            return matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// One GET on a new connection, closed afterwards.
