@@ -83,7 +83,7 @@ impl Cluster {
     /// The machine's engine plus `workers` worker engines and a registry.
     pub fn start(workers: usize) -> Cluster {
         for tool in ["dockerd", "docker-registry", "socat", "ip", "nsenter", "unshare"] {
-            assert!(sh(&format!("command -v {tool}")), "{tool} is missing: `bash .ci/setup` installs it");
+            assert!(sh(&format!("command -v {tool}")), "{tool} is missing: `bash .ci/setup --tests` installs it");
         }
         clear_leftovers();
         let state = output("docker info --format '{{.Swarm.LocalNodeState}}'");

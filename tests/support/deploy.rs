@@ -96,7 +96,7 @@ pub fn shop_app() -> PathBuf {
                 .arg(&out)
                 .arg(root.join("pipelines/shop/app.c"))
                 .status()
-                .expect("cc: `bash .ci/setup` installs gcc");
+                .expect("cc: `bash .ci/setup --tests` installs gcc");
             assert!(status.success(), "building pipelines/shop/app.c failed");
             out
         })
@@ -137,7 +137,7 @@ impl Haproxy {
     }
 
     fn with(servers: &[(&str, u16)], retries: &str) -> Haproxy {
-        let haproxy = which("haproxy").expect("haproxy is not installed: `bash .ci/setup` installs it");
+        let haproxy = which("haproxy").expect("haproxy is not installed: `bash .ci/setup --tests` installs it");
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin) = (free_port(), free_port());
         let mut cfg = format!(
@@ -202,7 +202,7 @@ pub struct LoadRun {
 impl LoadRun {
     /// `hey`: `rate` requests a second over 8 keep-alive connections for `secs`.
     pub fn hey(url: &str, rate: u32, secs: u32) -> LoadRun {
-        let hey = which("hey").expect("hey is not installed: `bash .ci/setup` installs it");
+        let hey = which("hey").expect("hey is not installed: `bash .ci/setup --tests` installs it");
         let child = Command::new(hey)
             .args(["-z", &format!("{secs}s"), "-c", "8", "-q", &(rate / 8).max(1).to_string(), "-t", "10", url])
             .stdout(Stdio::piped())
@@ -215,7 +215,7 @@ impl LoadRun {
     /// `wrk`: 8 connections, each pausing `pause_ms` between requests (a Lua
     /// `delay`), for `secs`. wrk never retries: every reset is counted.
     pub fn wrk(url: &str, pause_ms: u32, secs: u32) -> LoadRun {
-        let wrk = which("wrk").expect("wrk is not installed: `bash .ci/setup` installs it");
+        let wrk = which("wrk").expect("wrk is not installed: `bash .ci/setup --tests` installs it");
         let script = std::env::temp_dir().join(format!("pipe-wrk-{}-{pause_ms}.lua", std::process::id()));
         std::fs::write(&script, format!("function delay() return {pause_ms} end\n")).expect("lua");
         let child = Command::new(wrk)

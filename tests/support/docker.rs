@@ -25,7 +25,7 @@ impl Image {
     /// `FROM scratch` with /bin/busybox and its applets as symlinks.
     pub fn busybox() -> Image {
         let busybox = std::path::Path::new("/bin/busybox");
-        assert!(busybox.is_file(), "busybox-static is not installed: `bash .ci/setup` installs it");
+        assert!(busybox.is_file(), "busybox-static is not installed: `bash .ci/setup --tests` installs it");
         let ctx = tempfile::tempdir().expect("context");
         let bin = ctx.path().join("rootfs/bin");
         std::fs::create_dir_all(&bin).expect("mkdir");

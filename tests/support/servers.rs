@@ -156,7 +156,7 @@ impl Nginx {
     }
 
     pub fn start(prefix: &Path, first_backend: &str) -> Nginx {
-        let nginx = which("nginx").expect("nginx is not installed: `bash .ci/setup` installs it");
+        let nginx = which("nginx").expect("nginx is not installed: `bash .ci/setup --tests` installs it");
         let port = free_port();
         for dir in ["logs", "tmp"] {
             std::fs::create_dir_all(prefix.join(dir)).expect("mkdir");
