@@ -83,8 +83,17 @@ impl Parser {
             node.arg_string("a path or glob", &mut self.errs);
         }
         for g in &globs {
-            if let Err(e) = globset::Glob::new(&g.value) {
+            // `!glob` excludes what `glob` matches.
+            let glob = g.value.strip_prefix('!').unwrap_or(&g.value);
+            if let Err(e) = globset::Glob::new(glob) {
                 self.errs.invalid(&g.loc, node.name(), format!("`{}` is not a glob: {}", g.value, e.kind()), None);
+            } else if glob.is_empty() {
+                self.errs.invalid(
+                    &g.loc,
+                    node.name(),
+                    "`!` must be followed by the glob it excludes".to_string(),
+                    None,
+                );
             }
         }
         globs

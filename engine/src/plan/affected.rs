@@ -23,15 +23,8 @@ impl Plan {
     /// commit, for messages); `root` is where paths are shown from.
     pub fn affected(&self, files: &[PathBuf], since: &str, root: &Path) -> Affected {
         let matches = |globs: &[String]| -> bool {
-            let mut set = globset::GlobSetBuilder::new();
-            for g in globs {
-                if let Ok(glob) =
-                    globset::GlobBuilder::new(&absolute_glob(&self.dir, g)).literal_separator(true).build()
-                {
-                    set.add(glob);
-                }
-            }
-            set.build().is_ok_and(|set| files.iter().any(|f| set.is_match(f)))
+            let filter = PathFilter::new(&self.dir, globs);
+            files.iter().any(|f| filter.is_match(f))
         };
         let globs = |i: usize| self.stages[i].changes.as_deref().unwrap_or(&self.changes);
         let mut affected: Vec<bool> = (0..self.stages.len()).map(|i| matches(globs(i))).collect();
@@ -81,6 +74,41 @@ impl Plan {
     }
 }
 
+/// Globs relative to a directory, a `!` in front excluding what it matches:
+/// a path passes when some glob without `!` matches it (everything under the
+/// directory when all are exclusions) and no `!` glob does. `changes "**"
+/// "!docs/**"`: any change but the docs.
+pub struct PathFilter {
+    include: globset::GlobSet,
+    exclude: globset::GlobSet,
+}
+
+impl PathFilter {
+    pub fn new(dir: &Path, globs: &[String]) -> PathFilter {
+        let (excluded, included): (Vec<&String>, Vec<&String>) = globs.iter().partition(|g| g.starts_with('!'));
+        let set = |globs: Vec<&str>| {
+            let mut set = globset::GlobSetBuilder::new();
+            for g in globs {
+                // `pipe check` refused a glob that does not build.
+                if let Ok(glob) = globset::GlobBuilder::new(&absolute_glob(dir, g)).literal_separator(true).build() {
+                    set.add(glob);
+                }
+            }
+            set.build().unwrap_or_else(|_| globset::GlobSet::empty())
+        };
+        let included: Vec<&str> = if included.is_empty() && !excluded.is_empty() {
+            vec!["**"]
+        } else {
+            included.iter().map(|g| g.as_str()).collect()
+        };
+        PathFilter { include: set(included), exclude: set(excluded.iter().map(|g| &g[1..]).collect()) }
+    }
+
+    pub fn is_match(&self, path: &Path) -> bool {
+        self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+}
+
 /// A glob written relative to `dir` (`../shared/**` too), made absolute.
 pub fn absolute_glob(dir: &Path, glob: &str) -> String {
     normalize(&dir.join(glob)).to_string_lossy().into_owned()
@@ -126,6 +154,14 @@ pipeline "orders" {
             panic!()
         };
         assert_eq!(out.keys().collect::<Vec<_>>(), ["build", "test"], "site, and docs which it needs");
+        // `!` excludes: a docs-only change once ran this pipeline, the exclusion ignored.
+        let r =
+            plan("/repo/api", r#"pipeline "api" { changes "**" "!docs/**"; stage "b" { step "x" { run "true" } } }"#);
+        assert!(matches!(r.affected(&f("/repo/api/docs/guide.md"), "abc123", root), Affected::Not(_)));
+        assert!(matches!(r.affected(&f("/repo/api/src/main.rs"), "abc123", root), Affected::Stages(_)));
+        let only = plan("/repo/api", r#"pipeline "api" { changes "!*.md"; stage "b" { step "x" { run "true" } } }"#);
+        assert!(matches!(only.affected(&f("/repo/api/README.md"), "abc123", root), Affected::Not(_)));
+        assert!(matches!(only.affected(&f("/repo/api/src/lib.rs"), "abc123", root), Affected::Stages(_)));
         let q = plan("/repo/services/billing", "pipeline \"billing\" { stage \"b\" { step \"x\" { run \"true\" } } }");
         assert_eq!(
             q.affected(&f("/repo/services/orders/x"), "abc123", root),

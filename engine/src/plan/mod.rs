@@ -19,7 +19,7 @@ use crate::lang::Loc;
 use crate::lang::interp::Template;
 use crate::lang::model::{Action, Condition, ContainerSpec, Env, Executor, Retry, Secrets, Service, Trigger};
 
-pub use affected::{Affected, absolute_glob, normalize};
+pub use affected::{Affected, PathFilter, absolute_glob, normalize};
 pub use error::PlanError;
 pub use export::GraphFormat;
 pub use planner::{plan, templates_mut};

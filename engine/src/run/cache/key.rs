@@ -120,19 +120,22 @@ async fn image_digest(image: &str) -> Option<String> {
 
 /// Every input file: its path (relative to `dir`) and the hash of its contents.
 fn hash_inputs(dir: &Path, globs: &[String]) -> Result<BTreeMap<String, String>, String> {
-    let mut set = globset::GlobSetBuilder::new();
-    let mut bases = Vec::new();
-    for g in globs {
-        let absolute = crate::plan::normalize(&dir.join(g));
-        let text = absolute.to_string_lossy().to_string();
-        set.add(globset::GlobBuilder::new(&text).literal_separator(true).build().map_err(|e| e.to_string())?);
-        bases.push(literal_base(&absolute));
+    let filter = crate::plan::PathFilter::new(dir, globs);
+    let mut bases: Vec<PathBuf> = globs
+        .iter()
+        .filter(|g| !g.starts_with('!'))
+        .map(|g| literal_base(&crate::plan::normalize(&dir.join(g))))
+        .collect();
+    // Only exclusions: everything under the directory but them.
+    if bases.is_empty() && !globs.is_empty() {
+        bases.push(dir.to_path_buf());
     }
-    let set = set.build().map_err(|e| e.to_string())?;
     let mut files = std::collections::BTreeSet::new();
     for base in bases {
         if base.is_file() {
-            files.insert(base);
+            if filter.is_match(&base) {
+                files.insert(base);
+            }
             continue;
         }
         let walk = ignore::WalkBuilder::new(&base)
@@ -141,7 +144,7 @@ fn hash_inputs(dir: &Path, globs: &[String]) -> Result<BTreeMap<String, String>,
             .filter_entry(|e| e.file_name() != ".pipe" && e.file_name() != ".git")
             .build();
         for entry in walk.flatten() {
-            if entry.file_type().is_some_and(|t| t.is_file()) && set.is_match(entry.path()) {
+            if entry.file_type().is_some_and(|t| t.is_file()) && filter.is_match(entry.path()) {
                 files.insert(entry.path().to_path_buf());
             }
         }

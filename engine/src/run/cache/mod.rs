@@ -397,6 +397,14 @@ mod tests {
         assert_eq!(bash.changes_since(&changed), ["the command or its environment changed"]);
         std::fs::write(repo.path().join("shared/lib.rs"), "pub fn g() {}").expect("write");
         assert_ne!(changed, key(process("sh", &[("A", "1")], &dir)).await, "shared code reached with ../");
+        // `!` excludes: a generated file under the inputs does not count.
+        let excluding = CacheJob { spec: spec(&["src/**", "../shared/**", "!src/gen/**"], &[]), ..job.clone() };
+        let inv = || process("sh", &[("A", "1")], &dir);
+        let before = excluding.key("build.app", &inv()).await.expect("key");
+        std::fs::create_dir_all(dir.join("src/gen")).expect("mkdir");
+        std::fs::write(dir.join("src/gen/out.rs"), "generated").expect("write");
+        assert_eq!(before, excluding.key("build.app", &inv()).await.expect("key"), "an excluded file does not count");
+        std::fs::remove_dir_all(dir.join("src/gen")).expect("rm");
         std::fs::write(dir.join("src/new.rs"), "").expect("write");
         let added = key(process("sh", &[("A", "1")], &dir)).await;
         std::fs::rename(dir.join("src/new.rs"), dir.join("src/renamed.rs")).expect("rename");
