@@ -209,19 +209,24 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_group_that_is_not_pipes_is_never_signalled_nor_counted_as_the_instance() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let instance = CommandInstance {
-            start: "true".into(),
+    /// An instance starting `start` in `dir`, its processes tagged `tag`.
+    fn instance(dir: &std::path::Path, start: &str, tag: &str) -> CommandInstance {
+        CommandInstance {
+            start: start.into(),
             stop: None,
             status: None,
             env: Vec::new(),
-            workdir: dir.path().to_path_buf(),
-            log_file: dir.path().join("slot.log"),
+            workdir: dir.to_path_buf(),
+            log_file: dir.join("slot.log"),
             unset: Vec::new(),
-            tag: String::new(),
-        };
+            tag: tag.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_that_is_not_pipes_is_never_signalled_nor_counted_as_the_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = instance(dir.path(), "true", "");
         let mut other = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
         let id = other.id() as i32;
         let real = ProcessGroup::of_leader(id);
@@ -271,16 +276,7 @@ mod tests {
     async fn what_a_killed_run_started_and_never_recorded_is_found_by_its_tag_and_stopped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tag = format!("test-{}-{}", std::process::id(), dir.path().display());
-        let instance = CommandInstance {
-            start: "sleep 30".into(),
-            stop: None,
-            status: None,
-            env: Vec::new(),
-            workdir: dir.path().to_path_buf(),
-            log_file: dir.path().join("slot.log"),
-            unset: Vec::new(),
-            tag: tag.clone(),
-        };
+        let instance = instance(dir.path(), "sleep 30", &tag);
         // The run that started it was killed before the journal recorded its group.
         let orphan = instance.spawn().await.expect("starts");
         let entry = format!("{TAG_VARIABLE}={tag}");

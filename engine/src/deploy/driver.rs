@@ -313,25 +313,35 @@ impl<'a> Driver<'a> {
         maybe_stopping: bool,
     ) -> Result<(), DeployError> {
         let Ok(instance) = self.d.instance_for(slot, version) else { return Ok(()) };
-        let group = self.group(&slot.name).await?;
-        let why = match instance.status(group.as_ref()).await {
+        let why = match instance.status(self.group(&slot.name).await?.as_ref()).await {
             Status::Dead(how) => how,
             Status::Running if maybe_stopping => "it may have been told to stop".into(),
             Status::Running => return Ok(()),
         };
         self.note(format!("slot {} ({version}): {why}; starting it again", slot.name));
+        self.restart(slot, &instance).await.map(|_| ())
+    }
+
+    /// Stops whatever `slot` runs, starts `instance` in it, and records the
+    /// process group it runs in.
+    pub(super) async fn restart(
+        &mut self,
+        slot: &SlotRun,
+        instance: &super::InstanceRun,
+    ) -> Result<Option<crate::step::ProcessGroup>, DeployError> {
+        let group = self.group(&slot.name).await?;
         // A group that is not provably pipe's is reported, not signalled.
         if let Err(e) = instance.stop(group.as_ref(), STOP_GRACE).await {
             self.note(format!("could not stop slot {}: {e}", slot.name));
         }
         let group = instance.start(self.log, self.cancel).await?;
-        let name = slot.name.clone();
-        self.journal(move |j| match group {
+        let (name, recorded) = (slot.name.clone(), group.clone());
+        self.journal(move |j| match recorded {
             Some(g) => j.groups.insert(name, g),
             None => j.groups.remove(&name),
         })
         .await?;
-        Ok(())
+        Ok(group)
     }
 
     /// `deploy.<name>/live-slot`, `live-version`, `live-port`, `live-addresses`:

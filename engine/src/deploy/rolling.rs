@@ -114,14 +114,7 @@ impl Driver<'_> {
             p.phase = Phase::Start;
             for slot in &starting {
                 let instance = self.d.instance_for(slot, &p.to.version)?;
-                let _ = instance.stop(self.group(&slot.name).await?.as_ref(), STOP_GRACE).await;
-                let group = instance.start(self.log, self.cancel).await?;
-                let name = slot.name.clone();
-                self.journal(move |j| match group {
-                    Some(g) => j.groups.insert(name, g),
-                    None => j.groups.remove(&name),
-                })
-                .await?;
+                self.restart(slot, &instance).await?;
             }
         }
         if p.phase <= Phase::Health && !starting.is_empty() {

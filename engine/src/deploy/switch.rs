@@ -31,21 +31,17 @@ impl Driver<'_> {
                 Action::Deploy => {
                     self.enter(Phase::Start, format!("starting {} in slot {}", to.instance.describe(), to.name))
                         .await?;
-                    // The slot may still run the release before the live one (kept, not live).
-                    let _ = to.instance.stop(group.as_ref(), STOP_GRACE).await;
-                    group = to.instance.start(self.log, self.cancel).await?;
-                    let (slot, g) = (to.name.clone(), group.clone());
+                    // The slot may still run the release before the live one
+                    // (kept, not live): it is replaced, and no longer kept.
+                    let slot = to.name.clone();
                     self.journal(move |j| {
                         if j.previous.as_ref().is_some_and(|r| r.slots.contains(&slot)) {
                             j.previous = None;
                             j.kept_until = None;
                         }
-                        match g {
-                            Some(g) => j.groups.insert(slot, g),
-                            None => j.groups.remove(&slot),
-                        };
                     })
                     .await?;
+                    group = self.restart(to, &to.instance).await?;
                 }
                 Action::Rollback => {
                     self.enter(Phase::Start, format!("slot {} still runs {}", to.name, p.to.version)).await?;
