@@ -421,3 +421,20 @@ pipeline "{name}" {{
     assert!(get(blue, "/version").is_err(), "the instance still answers after `pipe deploy stop`");
     assert!(journal(&test)["live"].is_null(), "the journal says nothing is live");
 }
+
+/// A slot's port held by something else (another checkout's journey, a
+/// service started by hand): the deploy says which process, instead of the
+/// instance's own bind error, and traffic never moves.
+#[test]
+fn a_port_held_by_another_process_is_named() {
+    let Live { nginx, test, green, .. } = live_v1();
+    let stranger = std::net::TcpListener::bind(("127.0.0.1", green)).expect("hold the green slot's port");
+    let out = pipe(&test, &["run"], "v2");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "{all}");
+    let why = out.step("release.web")["reason"].as_str().unwrap_or("").to_string();
+    let me = format!("its port {green} is taken by pid {} (", std::process::id());
+    assert!(why.contains(&me) && why.contains("traffic never moved"), "{why}");
+    back_on_v1(&nginx, &test, &all);
+    drop(stranger);
+}

@@ -319,26 +319,40 @@ impl<'a> Driver<'a> {
             Status::Running => return Ok(()),
         };
         self.note(format!("slot {} ({version}): {why}; starting it again", slot.name));
-        self.restart(slot, &instance).await.map(|_| ())
+        self.restart(slot, &instance, false).await.map(|_| ())
     }
 
     /// Stops whatever `slot` runs, starts `instance` in it, and records the
-    /// process group it runs in.
+    /// process group it runs in; with `replacing_kept`, a release kept in
+    /// that slot for a rollback is no longer kept (it was just stopped).
     pub(super) async fn restart(
         &mut self,
         slot: &SlotRun,
         instance: &super::InstanceRun,
+        replacing_kept: bool,
     ) -> Result<Option<crate::step::ProcessGroup>, DeployError> {
         let group = self.group(&slot.name).await?;
         // A group that is not provably pipe's is reported, not signalled.
         if let Err(e) = instance.stop(group.as_ref(), STOP_GRACE).await {
             self.note(format!("could not stop slot {}: {e}", slot.name));
         }
+        if let Some(holder) = super::ports::held(slot.port).await {
+            return Err(DeployError::Instance(format!(
+                "slot {} cannot start: its port {} is taken by {holder}",
+                slot.name, slot.port
+            )));
+        }
         let group = instance.start(self.log, self.cancel).await?;
         let (name, recorded) = (slot.name.clone(), group.clone());
-        self.journal(move |j| match recorded {
-            Some(g) => j.groups.insert(name, g),
-            None => j.groups.remove(&name),
+        self.journal(move |j| {
+            if replacing_kept && j.previous.as_ref().is_some_and(|r| r.slots.contains(&name)) {
+                j.previous = None;
+                j.kept_until = None;
+            }
+            match recorded {
+                Some(g) => j.groups.insert(name, g),
+                None => j.groups.remove(&name),
+            };
         })
         .await?;
         Ok(group)

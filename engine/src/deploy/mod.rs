@@ -19,6 +19,7 @@ mod http;
 mod instance;
 pub mod journal;
 mod notify;
+mod ports;
 mod probe;
 mod roles;
 mod rolling;

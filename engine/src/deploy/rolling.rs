@@ -114,7 +114,7 @@ impl Driver<'_> {
             p.phase = Phase::Start;
             for slot in &starting {
                 let instance = self.d.instance_for(slot, &p.to.version)?;
-                self.restart(slot, &instance).await?;
+                self.restart(slot, &instance, false).await?;
             }
         }
         if p.phase <= Phase::Health && !starting.is_empty() {

@@ -33,15 +33,7 @@ impl Driver<'_> {
                         .await?;
                     // The slot may still run the release before the live one
                     // (kept, not live): it is replaced, and no longer kept.
-                    let slot = to.name.clone();
-                    self.journal(move |j| {
-                        if j.previous.as_ref().is_some_and(|r| r.slots.contains(&slot)) {
-                            j.previous = None;
-                            j.kept_until = None;
-                        }
-                    })
-                    .await?;
-                    group = self.restart(to, &to.instance).await?;
+                    group = self.restart(to, &to.instance, true).await?;
                 }
                 Action::Rollback => {
                     self.enter(Phase::Start, format!("slot {} still runs {}", to.name, p.to.version)).await?;
