@@ -158,7 +158,7 @@ impl Foreign {
     fn start(image: &str, name: &str, deploy_label: &str) -> Foreign {
         use bollard::models::ContainerCreateBody;
         use bollard::query_parameters::CreateContainerOptions;
-        let label = format!("foreign-{}", std::process::id());
+        let label = format!("foreign-{}-{name}", std::process::id());
         let rt = crate::support::docker::runtime();
         let docker = crate::support::docker::docker(&rt);
         let labels = [("pipe.deploy", deploy_label), ("pipe.test-foreign", &label)]
@@ -230,8 +230,11 @@ pipeline "{name}" {{
         name.clone(),
         "web",
     );
-    let container = format!("{name}-web-blue");
+    // Container names carry the checkout: only a deliberate stranger takes this one.
+    let container = format!("{name}-web-blue-{}", &pipe::deploy::checkout_id(test.path())[..8]);
     let foreign = Foreign::start(&image.tag, &container, &test.label());
+    // Another checkout's container under the name an older pipe used: never touched.
+    let elsewhere = Foreign::start(&image.tag, &format!("{name}-web-blue"), "another/checkout");
     let out = pipe(&test, &["run"], "v1");
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     let why = out.step("release.web")["reason"].as_str().unwrap_or("").to_string();
@@ -248,6 +251,7 @@ pipeline "{name}" {{
     let stop = pipe(&test, &["deploy", "stop"], "v1");
     assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
     assert!(crate::support::docker::containers_with("pipe.deploy", &test.label()).is_empty());
+    assert!(elsewhere.running(), "a container under the old name that this deployment did not make was removed");
 }
 
 /// Starts `pipe run` for `version` and SIGKILLs it once the journal shows `phase`.

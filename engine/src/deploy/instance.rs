@@ -62,8 +62,11 @@ pub type InstanceRun = std::sync::Arc<dyn Instance>;
 
 #[derive(Clone, Debug)]
 pub struct DockerInstance {
-    /// `<pipeline>-<deploy>-<slot>`.
+    /// `<pipeline>-<deploy>-<slot>-<checkout>`: two checkouts of one
+    /// repository on one machine never share a container name.
     pub name: String,
+    /// The name an older pipe gave the slot's container (without the checkout).
+    pub legacy: Option<String>,
     pub image: String,
     pub pull: PullPolicy,
     /// The port inside the container, published on the slot's loopback port.
@@ -116,7 +119,7 @@ impl DockerInstance {
         docker::ensure_image(client, &self.image, self.pull, log, cancel).await?;
         // A container of this name made by this deployment is a stopped (or
         // kept, not live) release of this slot; one made by anyone else is left alone.
-        if self.existing(client).await? {
+        if self.existing(client, &self.name).await? {
             let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
             let _ = client.remove_container(&self.name, Some(remove)).await;
         }
@@ -149,13 +152,13 @@ impl DockerInstance {
         Ok(())
     }
 
-    /// Whether a container of this name exists (made by this deployment); an
+    /// Whether a container named `name` exists (made by this deployment); an
     /// error naming its owner if someone else made it.
-    async fn existing(&self, client: &bollard::Docker) -> Result<bool, DeployError> {
-        let c = match client.inspect_container(&self.name, None).await {
+    async fn existing(&self, client: &bollard::Docker, name: &str) -> Result<bool, DeployError> {
+        let c = match client.inspect_container(name, None).await {
             Ok(c) => c,
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(false),
-            Err(e) => return Err(DockerError::api(format!("inspect {}", self.name))(e).into()),
+            Err(e) => return Err(DockerError::api(format!("inspect {name}"))(e).into()),
         };
         let theirs = c.config.and_then(|c| c.labels).unwrap_or_default();
         let ours = OWNER_LABELS.iter().all(|k| self.labels.get(*k).is_some_and(|v| theirs.get(*k) == Some(v)));
@@ -174,29 +177,29 @@ impl DockerInstance {
             .collect::<Vec<_>>()
             .join(", ");
         Err(DeployError::Instance(format!(
-            "container {} exists and was not made by this deployment (its labels: {owner}; this deployment's: {mine}):              it is left untouched; remove or rename it if it is not needed",
-            self.name
+            "container {name} exists and was not made by this deployment (its labels: {owner}; this \
+             deployment's: {mine}): it is left untouched; remove or rename it if it is not needed"
         )))
     }
 
+    /// Stops and removes this slot's container, and the one an older pipe
+    /// named without the checkout (when this deployment made it).
     async fn remove(&self, grace: Duration) -> Result<(), DeployError> {
         let client = docker::client().await?;
-        if !self.existing(client).await? {
+        if let Some(legacy) = &self.legacy
+            && matches!(self.existing(client, legacy).await, Ok(true))
+        {
+            remove_named(client, legacy, grace).await?;
+        }
+        if !self.existing(client, &self.name).await? {
             return Ok(());
         }
-        let t = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
-        let _ =
-            client.stop_container(&self.name, Some(StopContainerOptions { t: Some(t), ..Default::default() })).await;
-        let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        match client.remove_container(&self.name, Some(remove)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
-            Err(e) => Err(DockerError::api(format!("remove {}", self.name))(e).into()),
-        }
+        remove_named(client, &self.name, grace).await
     }
 
     async fn inspect(&self) -> Status {
         let Ok(client) = docker::client().await else { return Status::Dead("the Docker Engine is unreachable".into()) };
-        if let Err(e) = self.existing(client).await {
+        if let Err(e) = self.existing(client, &self.name).await {
             return Status::Dead(e.to_string());
         }
         match client.inspect_container(&self.name, None).await {
@@ -219,6 +222,17 @@ impl DockerInstance {
             }
             Err(_) => Status::Dead("its container is gone".into()),
         }
+    }
+}
+
+/// Stops a container within `grace`, then removes it (gone already is fine).
+async fn remove_named(client: &bollard::Docker, name: &str, grace: Duration) -> Result<(), DeployError> {
+    let t = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
+    let _ = client.stop_container(name, Some(StopContainerOptions { t: Some(t), ..Default::default() })).await;
+    let remove = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    match client.remove_container(name, Some(remove)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(e) => Err(DockerError::api(format!("remove {name}"))(e).into()),
     }
 }
 

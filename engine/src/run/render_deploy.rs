@@ -168,6 +168,7 @@ impl RunContext {
         resolve: &dyn Fn(&Reference) -> Result<String, RenderError>,
     ) -> Result<InstanceRun, RenderError> {
         let render = |t: &Template| t.render(resolve);
+        let checkout = crate::deploy::checkout_id(&self.root);
         // Commands are shell scripts: their values travel as variables.
         let mut scripts = ScriptWriter::default();
         let env = |e: &crate::lang::model::Env| -> Result<Vec<(String, String)>, RenderError> {
@@ -191,7 +192,7 @@ impl RunContext {
                 // a container carrying all three is ever removed by a deploy.
                 let labels = [
                     ("pipe.deploy", format!("{}/{}", self.pipeline, d.name)),
-                    (crate::deploy::CHECKOUT_LABEL, crate::deploy::checkout_id(&self.root)),
+                    (crate::deploy::CHECKOUT_LABEL, checkout.clone()),
                     ("pipe.uid", crate::identity::Identity::current().uid.clone()),
                     ("pipe.pipeline", self.pipeline.clone()),
                     ("pipe.slot", slot.name.clone()),
@@ -201,7 +202,8 @@ impl RunContext {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
                 std::sync::Arc::new(DockerInstance {
-                    name: docker_name(&format!("{}-{}-{}", self.pipeline, d.name, slot.name)),
+                    name: docker_name(&format!("{}-{}-{}-{}", self.pipeline, d.name, slot.name, &checkout[..8])),
+                    legacy: Some(docker_name(&format!("{}-{}-{}", self.pipeline, d.name, slot.name))),
                     image: render(image)?,
                     pull: *pull,
                     port: *port,
@@ -226,7 +228,7 @@ impl RunContext {
                     .join(file_safe(&d.name))
                     .join(format!("{}.log", file_safe(&slot.name))),
                 unset: self.withheld.keys().cloned().collect(),
-                tag: format!("{}/{}/{}/{}", crate::deploy::checkout_id(&self.root), self.pipeline, d.name, slot.name),
+                tag: format!("{checkout}/{}/{}/{}", self.pipeline, d.name, slot.name),
             }),
         })
     }
