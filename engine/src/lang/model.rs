@@ -136,6 +136,19 @@ pub struct Stage {
     pub hooks: Hooks,
     /// `changes …` of its own, instead of the pipeline's.
     pub changes: Option<Vec<Spanned<String>>>,
+    pub fail_fast: FailFast,
+}
+
+/// What a failed step of a stage stops (`fail-fast #true|#false|"stage"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailFast {
+    /// The run: running steps are cancelled, nothing new starts.
+    #[default]
+    Run,
+    /// Its own stage's other steps and matrix cells; other stages go on.
+    Stage,
+    /// Nothing: what needs the failed step is skipped, the rest runs.
+    Off,
 }
 
 #[derive(Clone, Debug)]

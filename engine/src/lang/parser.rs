@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kdl::KdlDocument;
+use kdl::{KdlDocument, KdlValue};
 
 use super::error::{Errors, LangError, did_you_mean, expected_one_of};
 use super::include_path::Boundary;
 use super::interp::{RefKind, Template};
 use super::model::{
-    Action, Approve, ContainerSpec, Env, Executor, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets, Service, Stage,
-    Step, Trigger,
+    Action, Approve, ContainerSpec, Env, Executor, FailFast, Grants, Hooks, Pipeline, Retry, RunCommand, Secrets,
+    Service, Stage, Step, Trigger,
 };
 use super::plugin_step::GRANT_NODES;
 use super::reader::{Node, Spanned};
@@ -35,6 +35,7 @@ const PIPELINE_NODES: &[&str] = &[
 ];
 const STAGE_NODES: &[&str] = &[
     "needs",
+    "fail-fast",
     "deploy",
     "env",
     "container",
@@ -258,6 +259,7 @@ impl Parser {
             steps: Vec::new(),
             hooks: Hooks::default(),
             changes: None,
+            fail_fast: FailFast::Run,
         };
         if let Some(e) = node.prop("needs") {
             stage.needs.extend(node.entry_string(e, "needs", &mut self.errs));
@@ -266,6 +268,7 @@ impl Parser {
             match child.name() {
                 "needs" => stage.needs.extend(self.needs(child)),
                 "changes" => stage.changes.get_or_insert_default().extend(self.globs(child)),
+                "fail-fast" => stage.fail_fast = self.fail_fast(child),
                 "env" => self.env_block(child, &mut stage.env),
                 "container" => self.container_once(child, &mut stage.container),
                 "service" => stage.services.extend(self.service(child)),
@@ -292,6 +295,23 @@ impl Parser {
         }
         self.check_unique_steps(&stage.steps);
         Some(stage)
+    }
+
+    /// `fail-fast #true` (the default), `#false`, or `"stage"`.
+    fn fail_fast(&mut self, node: Node) -> FailFast {
+        self.leaf(node, &[], 1);
+        match node.args().next().map(|e| e.value()) {
+            None | Some(KdlValue::Bool(true)) => FailFast::Run,
+            Some(KdlValue::Bool(false)) => FailFast::Off,
+            Some(KdlValue::String(s)) if s == "stage" => FailFast::Stage,
+            Some(_) => {
+                let help = Some(
+                    "#true: a failure stops the run; \"stage\": only its own stage and matrix; #false: nothing".into(),
+                );
+                self.errs.invalid(&node.name_loc(), "fail-fast", "expected #true, #false or \"stage\"", help);
+                FailFast::Run
+            }
+        }
     }
 
     pub(super) fn step(&mut self, node: Node) -> Option<Step> {

@@ -72,7 +72,17 @@ pub struct PlannedStep {
     /// Where that container runs: the local engine or a swarm.
     pub executor: Executor,
     pub cache: Option<crate::lang::model::Cache>,
+    /// What its failure stops; `Stage` stops the steps of its stage as written
+    /// (every matrix cell of it).
+    pub fail_fast: crate::lang::model::FailFast,
     pub loc: Loc,
+}
+
+impl PlannedStep {
+    /// Its stage as written: what the instances of a matrix share (`test` of `test[linux,1]`).
+    pub fn stage_base(&self) -> &str {
+        self.stage.split('[').next().unwrap_or(&self.stage)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -166,6 +166,7 @@ impl Planner<'_> {
             cache: step.cache.clone(),
             container: step.container.clone().or_else(|| stage.container.clone()).or_else(|| self.p.container.clone()),
             executor: stage.executor.clone().or_else(|| self.p.executor.clone()).unwrap_or_default(),
+            fail_fast: stage.fail_fast,
             loc: step.loc.clone(),
         })
     }
@@ -310,6 +311,7 @@ impl Planner<'_> {
             cache: step.cache.clone(),
             container: step.container.clone().or_else(|| self.p.container.clone()),
             executor: self.p.executor.clone().unwrap_or_default(),
+            fail_fast: crate::lang::model::FailFast::Run,
             loc: step.loc.clone(),
         })
     }

@@ -17,7 +17,7 @@ use super::attempt::{self, Finished, Job};
 use super::cache::CacheJob;
 use super::context::{RunContext, View};
 use crate::event::{Event, Events};
-use crate::lang::model::Trigger;
+use crate::lang::model::{FailFast, Trigger};
 use crate::plan::{Edge, Plan, Role};
 use crate::state::record::log_path;
 use crate::state::{RunStatus, Status, StepRecord, Timing, file_safe};
@@ -38,6 +38,9 @@ pub struct Scheduler<'p> {
     interrupted: bool,
     /// Cancels main steps (fail-fast, first Ctrl-C).
     cancel: CancellationToken,
+    /// Per stage as written (`fail-fast "stage"`): cancels its steps and
+    /// matrix cells only; children of `cancel`.
+    stage_cancel: HashMap<String, CancellationToken>,
     /// Cancels hooks too (a second Ctrl-C).
     /// Stage instances left out, and why.
     unaffected: HashMap<String, String>,
@@ -60,6 +63,9 @@ impl<'p> Scheduler<'p> {
         let remaining =
             plan.graph.node_indices().map(|n| plan.graph.edges_directed(n, Direction::Incoming).count()).collect();
         let cancel_all = CancellationToken::new();
+        let cancel = cancel_all.child_token();
+        let stage_cancel =
+            plan.graph.node_weights().map(|s| (s.stage_base().to_string(), cancel.child_token())).collect();
         Scheduler {
             plan,
             ctx,
@@ -75,7 +81,8 @@ impl<'p> Scheduler<'p> {
             ready_at: vec![None; plan.len()],
             aborting: false,
             interrupted: false,
-            cancel: cancel_all.child_token(),
+            cancel,
+            stage_cancel,
             cancel_all,
         }
     }
@@ -115,8 +122,8 @@ impl<'p> Scheduler<'p> {
             while running.len() < self.jobs
                 && let Some(n) = runnable.pop_front()
             {
-                if self.aborting && !self.plan.graph[n].role.is_hook() {
-                    self.skip(n, "cancelled: the run is stopping".into(), &mut ready);
+                if let Some(why) = self.stopping(n) {
+                    self.skip(n, why, &mut ready);
                     continue;
                 }
                 match self.start(n) {
@@ -188,8 +195,8 @@ impl<'p> Scheduler<'p> {
                         return Decision::Skip(format!("needs {} ({})", dep.id, dep.status.as_str()));
                     }
                 }
-                if self.aborting {
-                    return Decision::Skip("cancelled: the run is stopping".into());
+                if let Some(why) = self.stopping(n) {
+                    return Decision::Skip(why);
                 }
             }
             Role::StageHook(trigger) => {
@@ -226,7 +233,11 @@ impl<'p> Scheduler<'p> {
         let rendered = self.ctx.render(step, &view, &output_file)?;
         let log =
             StepLog::new(log_path(&self.ctx.run_dir, &step.id), &step.id, self.events.clone(), self.ctx.masker.clone());
-        let cancel = if step.role.is_hook() { self.cancel_all.child_token() } else { self.cancel.child_token() };
+        let cancel = match (step.role.is_hook(), self.stage_cancel.get(step.stage_base())) {
+            (true, _) => self.cancel_all.child_token(),
+            (false, Some(stage)) => stage.child_token(),
+            (false, None) => self.cancel.child_token(),
+        };
         Ok(Job {
             step: step.id.clone(),
             timeout: step.timeout.or_else(|| rendered.invocation.default_timeout()),
@@ -299,10 +310,22 @@ impl<'p> Scheduler<'p> {
     }
 
     fn finish(&mut self, n: NodeIndex, rec: StepRecord, ready: &mut VecDeque<NodeIndex>) {
-        if rec.is_failure() && !self.plan.graph[n].role.is_hook() && !self.aborting {
-            tracing::debug!(step = %rec.id, "failing fast");
-            self.aborting = true;
-            self.cancel.cancel();
+        let step = &self.plan.graph[n];
+        if rec.is_failure() && !step.role.is_hook() && !self.aborting {
+            match step.fail_fast {
+                FailFast::Run => {
+                    tracing::debug!(step = %rec.id, "failing fast");
+                    self.aborting = true;
+                    self.cancel.cancel();
+                }
+                FailFast::Stage => {
+                    if let Some(stage) = self.stage_cancel.get(step.stage_base()) {
+                        stage.cancel();
+                    }
+                }
+                // What needs it is skipped; nothing else is stopped.
+                FailFast::Off => {}
+            }
         }
         self.events.send(Event::StepFinished(rec.clone()));
         self.records[n.index()] = rec;
@@ -317,6 +340,20 @@ impl<'p> Scheduler<'p> {
         // Written order where the graph leaves a choice.
         unblocked.sort_unstable();
         ready.extend(unblocked);
+    }
+
+    /// Why a main step is not started: the run is stopping, or its stage
+    /// (`fail-fast "stage"`) is.
+    fn stopping(&self, n: NodeIndex) -> Option<String> {
+        let step = &self.plan.graph[n];
+        if step.role.is_hook() {
+            return None;
+        }
+        if self.aborting {
+            return Some("cancelled: the run is stopping".into());
+        }
+        let stage = self.stage_cancel.get(step.stage_base())?;
+        stage.is_cancelled().then(|| format!("cancelled: a step of stage {} failed", step.stage_base()))
     }
 
     fn scope(&self, pick: impl Fn(&crate::plan::PlannedStep) -> bool) -> Vec<&StepRecord> {
@@ -406,6 +443,37 @@ mod tests {
 
     fn status_of(records: &[StepRecord], id: &str) -> Status {
         records.iter().find(|r| r.id == id).map(|r| r.status).unwrap_or_else(|| panic!("no {id}"))
+    }
+
+    /// A failing matrix cell under each `fail-fast`: what it stops. The other
+    /// cell sleeps (cancelled, or it succeeds); an unrelated stage sleeps a
+    /// little longer; a stage needing the matrix is always skipped.
+    #[test]
+    fn fail_fast_stops_the_run_its_stage_or_nothing() {
+        let cases = [
+            ("", Status::Cancelled, Status::Cancelled),
+            (r#"fail-fast "stage""#, Status::Cancelled, Status::Succeeded),
+            ("fail-fast #false", Status::Succeeded, Status::Succeeded),
+        ];
+        for (setting, sibling, unrelated) in cases {
+            let p = plan(&format!(
+                r#"pipeline "p" {{
+                    stage "build" {{
+                        {setting}
+                        matrix {{ os "bad" "good" }}
+                        step "cell" {{ run "if [ ${{matrix.os}} = bad ]; then exit 3; fi; sleep 1" }}
+                    }}
+                    stage "lint" {{ step "slow" {{ run "sleep 1.5" }} }}
+                    stage "ship" {{ needs "build"; step "it" {{ run "true" }} }}
+                }}"#
+            ));
+            let (status, records, _) = run(&p, 4, Vec::new());
+            assert_eq!(status, RunStatus::Failed, "{setting}");
+            assert_eq!(status_of(&records, "build[bad].cell"), Status::Failed, "{setting}");
+            assert_eq!(status_of(&records, "build[good].cell"), sibling, "{setting}: the other cell");
+            assert_eq!(status_of(&records, "lint.slow"), unrelated, "{setting}: an unrelated stage");
+            assert_eq!(status_of(&records, "ship.it"), Status::Skipped, "{setting}: what needs the matrix");
+        }
     }
 
     #[test]
