@@ -345,6 +345,8 @@ fn logs(root: &Path, run: &str, step: Option<&str>) -> u8 {
         let _ = write!(out, "{text}");
         match why {
             Some(why) => {
+                // Read back from the record: shown as text, never as terminal codes.
+                let why = crate::step::log::sanitize(why);
                 let _ = writeln!(out, "[pipe] {} before printing anything: {why}", rec.status.as_str());
             }
             None if text.is_empty() => {
