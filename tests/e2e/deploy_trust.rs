@@ -156,13 +156,19 @@ struct Foreign {
 
 impl Foreign {
     fn start(image: &str, name: &str, deploy_label: &str) -> Foreign {
+        Foreign::labelled(image, name, &[("pipe.deploy", deploy_label)])
+    }
+
+    fn labelled(image: &str, name: &str, owner: &[(&str, &str)]) -> Foreign {
         use bollard::models::ContainerCreateBody;
         use bollard::query_parameters::CreateContainerOptions;
         let label = format!("foreign-{}-{name}", std::process::id());
         let rt = crate::support::docker::runtime();
         let docker = crate::support::docker::docker(&rt);
-        let labels = [("pipe.deploy", deploy_label), ("pipe.test-foreign", &label)]
-            .into_iter()
+        let labels = owner
+            .iter()
+            .copied()
+            .chain([("pipe.test-foreign", label.as_str())])
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let body = ContainerCreateBody {
@@ -234,7 +240,7 @@ pipeline "{name}" {{
     let container = format!("{name}-web-blue-{}", &pipe::deploy::checkout_id(test.path())[..8]);
     let foreign = Foreign::start(&image.tag, &container, &test.label());
     // Another checkout's container under the name an older pipe used: never touched.
-    let elsewhere = Foreign::start(&image.tag, &format!("{name}-web-blue"), "another/checkout");
+    let elsewhere = Foreign::start(&image.tag, &format!("{name}-web-green"), "another/checkout");
     let out = pipe(&test, &["run"], "v1");
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     let why = out.step("release.web")["reason"].as_str().unwrap_or("").to_string();
@@ -244,10 +250,17 @@ pipeline "{name}" {{
     let stop = pipe(&test, &["deploy", "stop"], "v1");
     assert!(foreign.running(), "`pipe deploy stop` removed the foreign container: {}{}", stop.stdout, stop.stderr);
 
-    // Once it is gone, the deployment makes its own, and stops it.
+    // Once it is gone, the deployment makes its own, and stops it; the container an
+    // older pipe made for this slot (its old name, this deployment's labels) goes.
     drop(foreign);
+    let checkout = pipe::deploy::checkout_id(test.path());
+    let uid = nix::unistd::geteuid().to_string();
+    let owner = [("pipe.deploy", test.label()), ("pipe.checkout", checkout), ("pipe.uid", uid)];
+    let owner: Vec<(&str, &str)> = owner.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let older = Foreign::labelled(&image.tag, &format!("{name}-web-blue"), &owner);
     let out = pipe(&test, &["run"], "v1");
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(!older.running(), "the slot's container under its old name was left running");
     let stop = pipe(&test, &["deploy", "stop"], "v1");
     assert_eq!(stop.code, 0, "{}{}", stop.stdout, stop.stderr);
     assert!(crate::support::docker::containers_with("pipe.deploy", &test.label()).is_empty());
