@@ -49,6 +49,33 @@ fn live_v1() -> Live {
     Live { nginx, test, blue, green, _prefix: prefix }
 }
 
+/// nginx in front of slot blue, and a deployment `web` of `instance` behind
+/// it, `top` written at the pipeline's level; nothing deployed yet.
+fn behind_nginx(top: &str, instance: &str) -> Live {
+    let (blue, green) = (free_port(), free_port());
+    let prefix = tempfile::tempdir().expect("prefix");
+    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
+    let name = format!("trust{blue}");
+    let pipeline = format!(
+        r#"
+pipeline "{name}" {{
+    {top}
+    stage "release" {{
+        deploy "web" strategy="blue-green" version="${{env.V}}" {{
+            {instance}
+            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
+            health "http-check" path="/health" attempts=30 interval="100ms"
+            {traffic}
+        }}
+    }}
+}}
+"#,
+        traffic = nginx.traffic()
+    );
+    let test = Repo::new(Test::new().pipeline(&pipeline), name, "web");
+    Live { nginx, test, blue, green, _prefix: prefix }
+}
+
 /// After a failed v2: nginx serves v1, the journal says v1 is live and nothing is pending.
 #[track_caller]
 fn back_on_v1(nginx: &Nginx, repo: &Repo, all: &str) {
@@ -212,30 +239,12 @@ impl Drop for Foreign {
 #[test]
 fn a_deploy_leaves_a_container_it_did_not_make_untouched() {
     let image = crate::support::docker::Image::busybox();
-    let (blue, green) = (free_port(), free_port());
-    let prefix = tempfile::tempdir().expect("prefix");
-    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
-    let name = format!("trust{blue}");
-    let test = Repo::new(
-        Test::new().pipeline(&format!(
-            r#"
-pipeline "{name}" {{
-    stage "release" {{
-        deploy "web" strategy="blue-green" version="${{env.V}}" {{
-            instance "docker" image="{}" pull="never" port=8080 cmd="mkdir -p /tmp/w && echo ok > /tmp/w/health && exec httpd -f -p 8080 -h /tmp/w"
-            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
-            health "http-check" path="/health" attempts=30 interval="100ms"
-            {}
-        }}
-    }}
-}}
-"#,
-            image.tag,
-            nginx.traffic()
-        )),
-        name.clone(),
-        "web",
+    let instance = format!(
+        r#"instance "docker" image="{}" pull="never" port=8080 cmd="mkdir -p /tmp/w && echo ok > /tmp/w/health && exec httpd -f -p 8080 -h /tmp/w""#,
+        image.tag
     );
+    let Live { nginx: _nginx, test, blue: _, green: _, _prefix } = behind_nginx("", &instance);
+    let name = test.name.clone();
     // Container names carry the checkout: only a deliberate stranger takes this one.
     let container = format!("{name}-web-blue-{}", &pipe::deploy::checkout_id(test.path())[..8]);
     let foreign = Foreign::start(&image.tag, &container, &test.label());
@@ -405,31 +414,12 @@ fn a_rollback_deploys_the_recorded_release_whatever_the_environment_says() {
 /// the deployment and the instance kept running.
 #[test]
 fn deploy_stop_stops_what_runs_with_its_secret_and_variables_unset() {
-    let (blue, green) = (free_port(), free_port());
-    let prefix = tempfile::tempdir().expect("prefix");
-    let nginx = Nginx::start(prefix.path(), &format!("127.0.0.1:{blue}"));
-    let name = format!("trust{blue}");
-    let test = Repo::new(
-        Test::new().pipeline(&format!(
-            r#"
-pipeline "{name}" {{
-    secrets {{ from-env "TOKEN" }}
-    stage "release" {{
-        deploy "web" strategy="blue-green" version="${{env.V}}" {{
-            instance "command" start="exec {app}" {{ env {{ VERSION "${{deploy.version}}"; API_TOKEN "${{secrets.TOKEN}}" }} }}
-            slots {{ slot "blue" port={blue}; slot "green" port={green} }}
-            health "http-check" path="/health" attempts=30 interval="100ms"
-            {traffic}
-        }}
-    }}
-}}
-"#,
-            app = shop_app().display(),
-            traffic = nginx.traffic()
-        )),
-        name,
-        "web",
+    let instance = format!(
+        r#"instance "command" start="exec {}" {{ env {{ VERSION "${{deploy.version}}"; API_TOKEN "${{secrets.TOKEN}}" }} }}"#,
+        shop_app().display()
     );
+    let Live { nginx: _nginx, test, blue, green: _, _prefix } =
+        behind_nginx(r#"secrets { from-env "TOKEN" }"#, &instance);
     let out = test.pipe(&["run"], &[("V", "v1"), ("TOKEN", "s3cret-token")]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(get(blue, "/version").is_ok(), "v1 runs");
@@ -444,7 +434,7 @@ pipeline "{name}" {{
 /// instance's own bind error, and traffic never moves.
 #[test]
 fn a_port_held_by_another_process_is_named() {
-    let Live { nginx, test, green, .. } = live_v1();
+    let Live { nginx, test, blue: _, green, _prefix } = live_v1();
     let stranger = std::net::TcpListener::bind(("127.0.0.1", green)).expect("hold the green slot's port");
     let out = pipe(&test, &["run"], "v2");
     let all = format!("{}{}", out.stdout, out.stderr);
