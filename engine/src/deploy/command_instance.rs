@@ -291,4 +291,32 @@ mod tests {
         instance.stop(None, Duration::from_secs(5)).await.expect("stops");
         assert!(groups(&entry).is_empty(), "nothing of the slot is left");
     }
+
+    /// Another user's process carrying this slot's tag (copied from `ps e`,
+    /// or chosen to get pipe to kill it) is neither found nor signalled.
+    /// Needs root to start a process as another user, as CI runs.
+    #[tokio::test]
+    async fn another_users_process_with_the_slots_tag_is_left_alone() {
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: starting a process as another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tag = format!("test-other-{}-{}", std::process::id(), dir.path().display());
+        let mut theirs = std::process::Command::new("sleep")
+            .arg("30")
+            .env(TAG_VARIABLE, &tag)
+            .uid(65534)
+            .gid(65534)
+            .process_group(0)
+            .spawn()
+            .expect("sleep as nobody");
+        let entry = format!("{TAG_VARIABLE}={tag}");
+        assert!(crate::step::process_group::tagged(&entry).is_empty(), "another user's process was found");
+        instance(dir.path(), "true", &tag).stop(None, Duration::from_millis(200)).await.expect("stop");
+        assert!(theirs.try_wait().expect("try_wait").is_none(), "another user's process was signalled");
+        let _ = theirs.kill();
+        let _ = theirs.wait();
+    }
 }
